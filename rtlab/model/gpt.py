@@ -84,15 +84,11 @@ class GPTConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})"
-            )
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.myopic not in ("off", "strict", "paper"):
-            raise ValueError(
-                f"myopic must be 'off', 'strict' or 'paper', got {self.myopic!r}"
-            )
+            raise ValueError(f"myopic must be 'off', 'strict' or 'paper', got {self.myopic!r}")
         if self.myopic_impl not in ("auto", "explicit", "fused"):
             raise ValueError(
                 f"myopic_impl must be 'auto', 'explicit' or 'fused', got {self.myopic_impl!r}"
@@ -183,9 +179,11 @@ def flex_block_mask(P: int, n_tokens: int, delay: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     if n_tokens == 0:
+
         def mask_mod(b, h, q_idx, kv_idx):
             return kv_idx <= q_idx
     else:
+
         def mask_mod(b, h, q_idx, kv_idx):
             return reasoning_visibility(q_idx, kv_idx, n_tokens, delay)
 
@@ -455,8 +453,8 @@ class GPT(nn.Module):
         if cfg.reasoning.input == "duplicate":
             reasoning = main.unsqueeze(2) + self.slot_emb  # (B, T, n, C)
         else:
-            reasoning = (pos.unsqueeze(1) + self.slot_emb).unsqueeze(0).expand(
-                main.size(0), -1, -1, -1
+            reasoning = (
+                (pos.unsqueeze(1) + self.slot_emb).unsqueeze(0).expand(main.size(0), -1, -1, -1)
             )
         return torch.cat([main.unsqueeze(2), reasoning], dim=2).flatten(1, 2)
 
@@ -514,7 +512,8 @@ class GPT(nn.Module):
                 reasoning_out = self.lm_head(slots[:, :, 1:]).squeeze(-1)  # (B, T, n)
                 all_out = torch.cat([out.unsqueeze(-1), reasoning_out], dim=-1)
                 loss = F.huber_loss(
-                    all_out, targets.to(out.dtype).unsqueeze(-1).expand_as(all_out),
+                    all_out,
+                    targets.to(out.dtype).unsqueeze(-1).expand_as(all_out),
                     delta=cfg.huber_delta,
                 )
             return out, loss
@@ -524,7 +523,8 @@ class GPT(nn.Module):
             all_logits = self.lm_head(x).float()  # (B, P, V), slot order matches timestep order
             slot_targets = targets.unsqueeze(-1).expand(B, T, n1).reshape(B, P)
             loss = F.cross_entropy(
-                all_logits.view(-1, all_logits.size(-1)), slot_targets.reshape(-1),
+                all_logits.view(-1, all_logits.size(-1)),
+                slot_targets.reshape(-1),
                 ignore_index=-1,
             )
         else:
@@ -586,7 +586,7 @@ class GPT(nn.Module):
         if temperature <= 0:
             raise ValueError(f"generate: temperature must be > 0, got {temperature}")
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -cfg.block_size:]
+            idx_cond = idx[:, -cfg.block_size :]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :].float() / temperature
             if top_k is not None:

@@ -48,7 +48,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, refusing anything but tensors and primitives."""
+    """Read a checkpoint written by `save_checkpoint`; only tensors and primitives load."""
     state = torch.load(Path(path), map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an rtlab checkpoint (format {CHECKPOINT_FORMAT} expected)")

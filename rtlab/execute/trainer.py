@@ -1,4 +1,4 @@
-"""The training loop, readable top to bottom: batch, forward, backward, clip, step, evaluate, checkpoint.
+"""The training loop, top to bottom: batch, forward, backward, clip, step, evaluate, checkpoint.
 
 Pure PyTorch: it knows nothing of MLflow or Optuna. Whoever calls `train` receives metrics through
 `on_metrics(step, metrics)` and checkpoints through `on_checkpoint(step, path)`, and can stop it
@@ -111,7 +111,7 @@ def learning_rate_at(step: int, cfg: TrainConfig) -> float:
 
 
 def build_model(model_section: dict[str, Any], dataset: Any) -> GPT:
-    """The run's GPT: the `model:` section plus what the dataset decides (vocab or feature width)."""
+    """The run's GPT: the `model:` section plus what the dataset decides (vocab or features)."""
     model_dict = dict(model_section)
     head = "regression" if dataset.task == "regression" else "lm"
     if model_dict.get("head", head) != head:
@@ -155,7 +155,6 @@ def forward_backward(
     model: torch.nn.Module,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     autocast: Callable[[], Any],
-    scaler: torch.amp.GradScaler,
 ) -> torch.Tensor:
     """Accumulate the gradient of the mean loss over `micro_batches`; return that mean (detached).
 
@@ -167,7 +166,7 @@ def forward_backward(
         with autocast():
             _, loss = model(x, y)
             loss = loss / len(micro_batches)
-        scaler.scale(loss).backward()
+        loss.backward()
         loss_sum += loss.detach().float()
     return loss_sum
 
@@ -248,8 +247,6 @@ def train(
     optimizer = model.configure_optimizers(
         cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type
     )
-    # float16 needs loss scaling against underflow; bfloat16 and float32 do not (scaler disabled).
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     flops_per_token = model.flops_per_token()
     peak = peak_flops(device)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * block_size
@@ -267,7 +264,6 @@ def train(
             )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
         step, best_val, history = ckpt["step"], ckpt["best_val"], ckpt["history"]
         restore_rng_state(ckpt["rng"])
         del ckpt
@@ -304,7 +300,6 @@ def train(
                 "history": history,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
                 "rng": capture_rng_state(),
             })
         saved_step = step
@@ -365,19 +360,16 @@ def train(
                       device)
             for micro in range(cfg.grad_accum)
         ]
-        loss = forward_backward(train_model, micro_batches, autocast, scaler)
+        loss = forward_backward(train_model, micro_batches, autocast)
         if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         else:
             grad_norm = torch.zeros(())
         # One host sync per step: both numbers come back together (it also makes the timing honest).
         batch_loss, grad_norm_value = torch.stack([loss, grad_norm.to(loss.device)]).tolist()
         check_finite(batch_loss, "train loss", step + 1)
-        if not scaler.is_enabled():  # with float16 an inf norm means "skip this step", not divergence
-            check_finite(grad_norm_value, "gradient norm", step + 1)
-        scaler.step(optimizer)
-        scaler.update()
+        check_finite(grad_norm_value, "gradient norm", step + 1)
+        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = time.perf_counter() - step_start
@@ -408,7 +400,7 @@ def train(
         if cfg.checkpoint_interval > 0 and step % cfg.checkpoint_interval == 0 and not is_last:
             write_checkpoint(step)
 
-    # ---- the end: a last checkpoint (the resume point of a stopped run, the result of a finished one)
+    # ---- the end: a last checkpoint (resume point of a stopped run, result of a finished one)
     keep_checkpoint = status == "stopped" or cfg.save_checkpoint
     if keep_checkpoint and saved_step != step:
         write_checkpoint(step)
@@ -449,10 +441,18 @@ def generate_sample(
     model: GPT, dataset: Any, max_new_tokens: int, seed: int, device: torch.device,
     autocast: Callable[[], Any],
 ) -> str | None:
-    """Text sampled from the model (temperature 1), seeded so a resumed run prints the same."""
-    if getattr(dataset, "decode", None) is None or getattr(dataset, "encode", None) is None:
+    """Text sampled from the model (temperature 1), seeded so a resumed run prints the same.
+
+    None for datasets without a text decoding (the data contract: encode/decode raise there).
+    """
+    try:
+        dataset.decode([0])
+    except ValueError:
         return None
-    start_ids = dataset.encode("\n") or [0]
+    try:  # start from a newline where the vocabulary has one, else from token 0
+        start_ids = dataset.encode("\n") or [0]
+    except ValueError:
+        start_ids = [0]
     torch.manual_seed(seed)
     model.eval()
     idx = torch.tensor([start_ids], dtype=torch.long, device=device)

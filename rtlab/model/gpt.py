@@ -520,7 +520,7 @@ class GPT(nn.Module):
 
         if n1 > 1 and cfg.reasoning.loss_on_reasoning:
             # lucidrains variant: every slot of step t is trained on x_{t+1}; mean over all slots.
-            all_logits = self.lm_head(x).float()  # (B, P, V), slot order matches timestep order
+            all_logits = self.lm_head(x)  # (B, P, V), slot order matches timestep order
             slot_targets = targets.unsqueeze(-1).expand(B, T, n1).reshape(B, P)
             loss = F.cross_entropy(
                 all_logits.view(-1, all_logits.size(-1)),
@@ -528,9 +528,7 @@ class GPT(nn.Module):
                 ignore_index=-1,
             )
         else:
-            loss = F.cross_entropy(
-                out.float().view(-1, out.size(-1)), targets.reshape(-1), ignore_index=-1
-            )
+            loss = F.cross_entropy(out.view(-1, out.size(-1)), targets.reshape(-1), ignore_index=-1)
         return out, loss
 
     # -- compute ---------------------------------------------------------------------------------

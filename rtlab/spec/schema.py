@@ -1,0 +1,286 @@
+"""The experiment file's schema: top-level structure, the three config sections, and the key tree.
+
+The `model:` section is not declared here: its pydantic model is derived from
+`rtlab.model.GPTConfig` (a plain dataclass with precise annotations), so the model file stays the
+one place its fields live.
+`vocab_size` and `n_features` are left out: the dataset decides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from rtlab.spec.errors import did_you_mean
+from rtlab.spec.train import DEFER_CROSS_CHECKS, TrainConfig
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+SECTIONS = ("data", "model", "train")
+DATASET_DECIDES = ("vocab_size", "n_features")  # model fields taken from the dataset, not the spec
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # used in directory names and MLflow names
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+class Claim(BaseModel):
+    """A published or expected result the report checks against the measured one.
+
+    Reads: "`arm` reaches a `metric` `expect` than `baseline_arm`" (lower by default), optionally
+    with the numbers the source reported (`value` for the arm, `baseline_value` for the baseline).
+    `metric` names the run's final value: `val_loss` -> `final_val_loss`, etc.
+    """
+
+    model_config = STRICT
+
+    metric: Literal["val_loss", "train_loss", "best_val_loss"]
+    arm: str
+    baseline_arm: str = "baseline"
+    expect: Literal["lower", "higher"] = "lower"
+    value: float | None = None
+    baseline_value: float | None = None
+    source: Annotated[str, Field(min_length=1)]  # where the claim comes from, in words
+
+
+class BaseSections(BaseModel):
+    model_config = STRICT
+
+    data: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+
+
+class VariantOverride(BaseModel):
+    """An arm: a partial override of base, section by section (`baseline: {}` overrides nothing)."""
+
+    model_config = STRICT
+
+    data: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+
+
+class SpecFile(BaseModel):
+    """The structure of an experiment file; `check_sections` checks the sections' contents."""
+
+    model_config = STRICT
+
+    name: Name
+    description: Annotated[str, Field(min_length=1)]
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    base: BaseSections
+    variants: Annotated[dict[Name, VariantOverride | None], Field(min_length=1)]
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    claims: list[Claim] = Field(default_factory=list)
+    cost: str | None = None
+
+
+class DataSection(BaseModel):
+    """`name` picks the dataset; every other key is a dataset option (checked by rtlab.data)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Annotated[str, Field(min_length=1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The model section, derived from GPTConfig
+
+
+def _model_for_dataclass(cls: type, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A strict, extra-forbidding pydantic model with the dataclass's fields, types and defaults."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            nested = _model_for_dataclass(annotation)  # type: ignore[arg-type]
+            fields[f.name] = (nested, Field(default_factory=nested))
+        elif f.default is not dataclasses.MISSING:
+            fields[f.name] = (annotation, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = (annotation, Field(default_factory=f.default_factory))
+        else:
+            fields[f.name] = (annotation, ...)
+    return create_model(f"{cls.__name__}Section", __config__=STRICT, **fields)
+
+
+@functools.cache
+def model_section() -> type[BaseModel]:
+    from rtlab.model import GPTConfig  # imports torch: only when a spec is actually checked
+
+    return _model_for_dataclass(GPTConfig, exclude=DATASET_DECIDES)
+
+
+def known_datasets() -> list[str] | None:
+    """Names in `rtlab.data.DATASETS`, or None while the data package does not provide them."""
+    try:
+        from rtlab.data import DATASETS  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return sorted(DATASETS)
+
+
+# ------------------------------------------------------------------------------------------------
+# The key tree: which keys exist where (for did-you-mean, variant/grid keys and --set paths).
+# A tree is a dict of key -> subtree, or None for a leaf; the key "*" stands for any key/index.
+
+Tree = dict[str, Any] | None
+ANY = "*"
+
+
+def _tree_of(model: type[BaseModel]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        tree[name] = _tree_of(annotation) if is_model else None  # type: ignore[arg-type]
+    return tree
+
+
+@functools.cache
+def section_tree() -> dict[str, Any]:
+    return {
+        "data": {"name": None, ANY: None},  # open: options belong to the dataset
+        "model": _tree_of(model_section()),
+        "train": _tree_of(TrainConfig),
+    }
+
+
+@functools.cache
+def spec_tree() -> dict[str, Any]:
+    sections = section_tree()
+    return {
+        "name": None,
+        "description": None,
+        "seeds": {ANY: None},
+        "base": sections,
+        "variants": {ANY: sections},
+        "grid": {ANY: {ANY: None}},
+        "claims": {ANY: _tree_of(Claim)},
+        "cost": None,
+    }
+
+
+def explicit_keys(tree: Tree) -> list[str]:
+    return [k for k in tree if k != ANY] if isinstance(tree, dict) else []
+
+
+def walk_tree(tree: Tree, path: tuple[str | int, ...]) -> tuple[Tree, int | None]:
+    """Follow `path` down `tree`: (subtree, None), or (tree at the failure, failing index)."""
+    for i, part in enumerate(path):
+        if not isinstance(tree, dict):
+            return tree, i
+        key = part if isinstance(part, str) and part in tree else ANY
+        if key not in tree:
+            return tree, i
+        tree = tree[key]
+    return tree, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Checking the sections of one resolved arm / grid point
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """A problem inside the sections, located relative to them, e.g. ('model', 'n_head')."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    at_key: bool = False  # point at the key (unknown keys) rather than at its value
+
+
+def _literal_options(expected: str) -> list[str]:
+    return re.findall(r"'([^']*)'", expected)
+
+
+def issues_from_errors(
+    errors: list[Any], prefix: tuple[str | int, ...], tree: Tree
+) -> list[Issue]:
+    """Readable issues from pydantic's `errors()`; `prefix` locates the checked value in `tree`."""
+    issues = []
+    for e in errors:
+        loc = prefix + tuple(e["loc"])
+        kind, value = e["type"], e.get("input")
+        if "[key]" in loc:  # a mapping key failed (e.g. an arm name): locate it at the key
+            loc = tuple(p for p in loc if p != "[key]")
+            message = f"invalid name {value!r}: {e['msg']}"
+            issues.append(Issue(loc, message, at_key=True))
+            continue
+        if kind == "extra_forbidden":
+            keys = explicit_keys(walk_tree(tree, loc[:-1])[0])
+            hint = did_you_mean(loc[-1], keys)
+            issues.append(Issue(loc, f"unknown key '{loc[-1]}'{hint}", at_key=True))
+            continue
+        if kind == "missing":
+            issues.append(Issue(loc, f"missing required key '{loc[-1]}'"))
+            continue
+        message = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if kind == "literal_error":
+            message += did_you_mean(value, _literal_options(e.get("ctx", {}).get("expected", "")))
+        if kind not in ("value_error", "assertion_error") and not isinstance(value, dict | list):
+            message += f", got {value!r}"
+        issues.append(Issue(loc, message))
+    return issues
+
+
+def _field_named_in(message: str, fields: typing.Iterable[str]) -> str | None:
+    """The field a GPTConfig ValueError is about: its message starts with the field's name."""
+    match = re.match(r"[A-Za-z_][A-Za-z0-9_.]*", message)
+    if match:
+        head = match.group(0).rstrip(".")
+        for name in sorted(fields, key=len, reverse=True):
+            if head == name or head.startswith(name + "."):
+                return head
+    return None
+
+
+def check_sections(sections: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
+    """Validate {data, model, train} dicts. Returns (fully resolved sections or None, issues)."""
+    issues: list[Issue] = []
+    resolved: dict[str, Any] = {}
+
+    try:
+        data = DataSection.model_validate(sections.get("data") or {})
+        resolved["data"] = data.model_dump()
+        names = known_datasets()
+        if names is not None and data.name not in names:
+            hint = did_you_mean(data.name, names)
+            issues.append(Issue(
+                ("data", "name"), f"unknown dataset '{data.name}'{hint}; known: {', '.join(names)}"
+            ))
+    except ValidationError as error:
+        issues += issues_from_errors(error.errors(include_url=False), ("data",), section_tree())
+
+    section = model_section()
+    try:
+        model = section.model_validate(sections.get("model") or {})
+        resolved["model"] = model.model_dump()
+        from rtlab.model import GPTConfig
+
+        try:
+            GPTConfig.from_dict(resolved["model"])  # its own checks (cross-field rules)
+        except ValueError as error:
+            field = _field_named_in(str(error), section.model_fields)
+            loc = ("model", *field.split(".")) if field else ("model",)
+            issues.append(Issue(loc, str(error)))
+    except ValidationError as error:
+        issues += issues_from_errors(error.errors(include_url=False), ("model",), section_tree())
+
+    try:
+        train = TrainConfig.model_validate(
+            sections.get("train") or {}, context={DEFER_CROSS_CHECKS: True}
+        )
+        resolved["train"] = train.model_dump()
+        issues += [Issue(("train", key), message) for key, message in train.cross_field_problems()]
+    except ValidationError as error:
+        issues += issues_from_errors(error.errors(include_url=False), ("train",), section_tree())
+
+    return (resolved if not issues else None), issues

@@ -1,0 +1,43 @@
+"""generate in every mode: greedy samples are what the training-time forward predicts."""
+
+import pytest
+import torch
+from gpt_helpers import tiny_batch, tiny_model
+
+MODES = [
+    {},
+    {"reasoning": {"n_tokens": 1, "delay": 1}},
+    {"reasoning": {"n_tokens": 3, "delay": 2, "input": "learned"}},
+    {"myopic": "strict"},
+    {"myopic": "paper", "myopic_impl": "explicit"},
+]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=str)
+def test_greedy_generation_matches_full_sequence_forward(mode):
+    model = tiny_model(block_size=12, **mode)
+    prompt, _ = tiny_batch(model, T=3)
+    out = model.generate(prompt, 9, top_k=1)
+    assert out.shape == (2, 12) and torch.equal(out[:, :3], prompt)
+    # each sampled token must be the argmax at its step when the whole sequence (with all its
+    # reasoning slots) is run through the training-time forward
+    logits, _ = model(out)
+    assert torch.equal(logits[:, 2:-1].argmax(-1), out[:, 3:])
+
+
+@pytest.mark.parametrize("mode", MODES, ids=str)
+def test_sampling_is_reproducible_and_in_vocab_past_block_size(mode):
+    model = tiny_model(block_size=6, **mode)
+    prompt, _ = tiny_batch(model, T=2)
+    torch.manual_seed(0)
+    a = model.generate(prompt, 10, temperature=0.8, top_k=5)
+    torch.manual_seed(0)
+    b = model.generate(prompt, 10, temperature=0.8, top_k=5)
+    assert torch.equal(a, b) and a.shape == (2, 12)  # slides past block_size=6
+    assert a.min() >= 0 and a.max() < model.config.vocab_size
+
+
+def test_generate_refuses_the_regression_head():
+    model = tiny_model(head="regression")
+    with pytest.raises(ValueError, match="head"):
+        model.generate(torch.zeros(1, 2, 2, dtype=torch.float64), 1)

@@ -180,13 +180,13 @@ def evaluate(
     """Mean loss over fixed batches, in eval mode (no dropout, so no RNG is drawn)."""
     was_training = model.training
     model.eval()
-    losses = torch.zeros(len(batches))
-    for i, (x, y) in enumerate(batches):
+    losses = []
+    for x, y in batches:
         with autocast():
             _, loss = model(x, y)
-        losses[i] = loss.float().cpu()
+        losses.append(loss.float())
     model.train(was_training)
-    return losses.mean().item()
+    return torch.stack(losses).mean().item()  # one host sync per evaluation
 
 
 def check_finite(value: float, quantity: str, step: int) -> None:
@@ -196,13 +196,13 @@ def check_finite(value: float, quantity: str, step: int) -> None:
         )
 
 
-def run_identity(config: dict[str, Any], seed: int) -> str:
+def run_identity(config: dict[str, Any], seed: int, data_fingerprint: str) -> str:
     """What a checkpoint must agree on to be resumed: everything that changes the computation."""
     train_section = {
         k: v for k, v in config.get("train", {}).items() if k not in RESUMABLE_ACROSS
     }
     identity = {"data": config.get("data"), "model": config.get("model"),
-                "train": train_section, "seed": seed}
+                "train": train_section, "seed": seed, "data_fingerprint": data_fingerprint}
     return json.dumps(identity, sort_keys=True, default=str)
 
 
@@ -254,7 +254,7 @@ def train(
     step = 0
     best_val = math.inf
     history: list[dict[str, float]] = []
-    identity = run_identity(config, seed)
+    identity = run_identity(config, seed, dataset.fingerprint)
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["run_identity"] != identity:

@@ -1,4 +1,4 @@
-"""Tiny real datasets and configs for the trainer tests (a real TokenDataset over token files)."""
+"""A tiny real dataset (the `text` dataset over a small corpus) and tiny configs for the trainer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from rtlab.data.base import TokenDataset
-from rtlab.data.tokenizer import CharTokenizer
+from rtlab.data import Dataset, load_dataset
 
 # A corpus with structure a tiny model can learn within a few dozen steps.
 TEXT = "the quick brown fox jumps over the lazy dog.\nsphinx of black quartz, judge my vow.\n" * 200
@@ -50,20 +49,18 @@ def one_thread() -> None:
 
 
 @pytest.fixture(scope="session")
-def text_dataset(tmp_path_factory: pytest.TempPathFactory) -> TokenDataset:
+def text_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(corpus file, data dir) for the `text` dataset over TEXT."""
     directory: Path = tmp_path_factory.mktemp("tiny_text")
-    tokenizer = CharTokenizer.from_text(TEXT)
-    tokens = tokenizer.encode_array(TEXT)
-    split_at = int(0.9 * len(tokens))
-    files = {"train": directory / "train.bin", "val": directory / "val.bin"}
-    tokens[:split_at].tofile(files["train"])
-    tokens[split_at:].tofile(files["val"])
-    return TokenDataset(
-        name="tiny_text",
-        fingerprint="tiny-text-test",
-        meta={},
-        vocab_size=tokenizer.vocab_size,
-        files=files,
-        encode=tokenizer.encode,
-        decode=tokenizer.decode,
-    )
+    (directory / "corpus.txt").write_text(TEXT)
+    return directory / "corpus.txt", directory / "data"
+
+
+def load_text_dataset(corpus: Path, data_dir: Path) -> Dataset:
+    return load_dataset("text", {"path": str(corpus), "tokenizer": "char"}, data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def text_dataset(text_corpus: tuple[Path, Path]) -> Dataset:
+    """The `text` dataset (character tokenizer) over TEXT, prepared in a temporary data dir."""
+    return load_text_dataset(*text_corpus)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from rtlab.data.base import TokenDataset
+from rtlab.data import Dataset
 from rtlab.execute import (
     CHECKPOINT_NAME,
     EVAL_SEED,
@@ -56,7 +56,7 @@ def assert_identical_runs(a: TrainResult, b: TrainResult, dir_a: Path, dir_b: Pa
 # ---- learning ----------------------------------------------------------------------------------
 
 
-def test_loss_decreases_on_tiny_config(text_dataset: TokenDataset, tmp_path: Path) -> None:
+def test_loss_decreases_on_tiny_config(text_dataset: Dataset, tmp_path: Path) -> None:
     result = train(make_config(max_iters=60, eval_interval=20), seed=0, run_dir=tmp_path,
                    dataset=text_dataset)
     initial = result.history[0]
@@ -70,7 +70,7 @@ def test_loss_decreases_on_tiny_config(text_dataset: TokenDataset, tmp_path: Pat
 
 
 def test_metrics_reported_at_log_and_eval_steps_with_final_metrics_once(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     calls: list[tuple[int, dict[str, float]]] = []
     checkpoints: list[tuple[int, Path]] = []
@@ -94,7 +94,7 @@ def test_metrics_reported_at_log_and_eval_steps_with_final_metrics_once(
 
 
 def test_callback_time_counts_as_overhead_not_step_time(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     sleep_s = 0.05
     result = train(make_config(max_iters=10, sample_tokens=0), seed=0, run_dir=tmp_path,
@@ -118,7 +118,7 @@ def test_callback_time_counts_as_overhead_not_step_time(
     ids=["reasoning_1", "reasoning_2_delay_2", "myopic_strict", "myopic_paper"],
 )
 def test_reasoning_and_myopic_configs_train(
-    text_dataset: TokenDataset, tmp_path: Path, model: dict[str, Any]
+    text_dataset: Dataset, tmp_path: Path, model: dict[str, Any]
 ) -> None:
     baseline_flops = build_model(make_config()["model"], text_dataset).flops_per_token()
     result = train(make_config(model), seed=0, run_dir=tmp_path, dataset=text_dataset)
@@ -138,7 +138,7 @@ RESUME_CONFIG = make_config({"dropout": 0.1}, grad_accum=2, max_iters=20, checkp
 
 
 def test_resume_after_clean_stop_is_bit_identical(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     uninterrupted = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "a", dataset=text_dataset)
 
@@ -167,7 +167,7 @@ class Crash(Exception):
 
 
 def test_resume_after_crash_is_bit_identical_and_reports_no_step_twice(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     uninterrupted = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "a", dataset=text_dataset)
 
@@ -189,7 +189,7 @@ def test_resume_after_crash_is_bit_identical_and_reports_no_step_twice(
 
 
 def test_rerun_of_finished_run_returns_same_result_without_training(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     first = train(make_config(), seed=0, run_dir=tmp_path, dataset=text_dataset)
     reported: list[int] = []
@@ -201,7 +201,7 @@ def test_rerun_of_finished_run_returns_same_result_without_training(
 
 
 def test_resume_refuses_checkpoint_of_another_config(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     train(make_config(max_iters=10), seed=0, run_dir=tmp_path, dataset=text_dataset,
           should_stop=lambda: True)
@@ -215,7 +215,7 @@ def test_resume_refuses_checkpoint_of_another_config(
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def test_checkpoint_loads_with_weights_only(text_dataset: TokenDataset, tmp_path: Path) -> None:
+def test_checkpoint_loads_with_weights_only(text_dataset: Dataset, tmp_path: Path) -> None:
     train(make_config(), seed=0, run_dir=tmp_path, dataset=text_dataset)
     ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert ckpt["step"] == 20
@@ -252,7 +252,7 @@ def test_failed_checkpoint_write_leaves_previous_file_intact(tmp_path: Path) -> 
 
 
 def test_save_checkpoint_false_keeps_no_final_checkpoint(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     result = train(make_config(save_checkpoint=False), seed=0, run_dir=tmp_path,
                    dataset=text_dataset)
@@ -264,7 +264,7 @@ def test_save_checkpoint_false_keeps_no_final_checkpoint(
 
 
 def test_nan_loss_raises_training_diverged_with_reason(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     # An absurd learning rate without clipping blows the weights up to inf after one step.
     config = make_config(learning_rate=1e30, grad_clip=0.0, warmup_iters=0)
@@ -280,7 +280,7 @@ def test_nan_loss_raises_training_diverged_with_reason(
 # ---- pieces of the step ------------------------------------------------------------------------
 
 
-def test_grad_accumulation_equals_one_large_batch(text_dataset: TokenDataset) -> None:
+def test_grad_accumulation_equals_one_large_batch(text_dataset: Dataset) -> None:
     model = build_model(make_config()["model"], text_dataset)
     x, y = text_dataset.batch("train", index=0, batch_size=8, block_size=16, seed=0)
 
@@ -320,20 +320,24 @@ def test_learning_rate_schedule_warmup_then_cosine_to_min_lr() -> None:
 # ---- evaluation --------------------------------------------------------------------------------
 
 
-class RecordingDataset(TokenDataset):
-    """The real dataset, noting which batches it was asked for."""
+class RecordingDataset:
+    """The real dataset, noting which batches the trainer asks it for."""
 
-    def __init__(self, inner: TokenDataset) -> None:
-        self.__dict__.update(inner.__dict__)
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
         self.requests: list[tuple[str, int, int]] = []
 
-    def batch(self, split, index, batch_size, block_size, seed):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def batch(self, split: str, index: int, batch_size: int, block_size: int, seed: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         self.requests.append((split, index, seed))
-        return super().batch(split, index, batch_size, block_size, seed)
+        return self.inner.batch(split, index, batch_size, block_size, seed)
 
 
 def test_eval_uses_the_same_fixed_batches_for_every_seed_and_step(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     eval_requests = {}
     for seed in (1, 2):
@@ -351,7 +355,7 @@ def test_eval_uses_the_same_fixed_batches_for_every_seed_and_step(
     ]
 
 
-def test_evaluation_is_deterministic_and_draws_no_randomness(text_dataset: TokenDataset) -> None:
+def test_evaluation_is_deterministic_and_draws_no_randomness(text_dataset: Dataset) -> None:
     model = build_model(make_config({"dropout": 0.3})["model"], text_dataset)
     batches = fixed_eval_batches(text_dataset, "val", eval_iters=2, batch_size=4, block_size=16)
     rng_before = torch.get_rng_state()
@@ -366,7 +370,7 @@ def test_evaluation_is_deterministic_and_draws_no_randomness(text_dataset: Token
 
 
 def test_head_that_does_not_fit_the_dataset_is_a_clear_error(
-    text_dataset: TokenDataset, tmp_path: Path
+    text_dataset: Dataset, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="model.head: 'regression' does not fit dataset"):
         train(make_config({"head": "regression"}), seed=0, run_dir=tmp_path,
@@ -374,7 +378,7 @@ def test_head_that_does_not_fit_the_dataset_is_a_clear_error(
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
-def test_threads_setting_is_applied(text_dataset: TokenDataset, tmp_path: Path) -> None:
+def test_threads_setting_is_applied(text_dataset: Dataset, tmp_path: Path) -> None:
     config = make_config(max_iters=1, warmup_iters=0, threads=2, sample_tokens=0)
     train(config, seed=0, run_dir=tmp_path, dataset=text_dataset)
     assert torch.get_num_threads() == 2

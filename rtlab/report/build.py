@@ -1,0 +1,558 @@
+"""build_report: MLflow experiment -> reports/<experiment>/ (md, html, figures, tables, manifest).
+
+The report is assembled in a sibling temporary folder and moved into place at the end, so a
+failure never leaves a half-written report behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+import rtlab
+from rtlab.report import document as doc
+from rtlab.report.claims import ClaimVerdict, check_claims
+from rtlab.report.errors import ReportError
+from rtlab.report.figures import FigureMaker
+from rtlab.report.load import ExperimentData, load_experiment
+from rtlab.report.tables import (
+    deltas_markdown_rows,
+    fmt_p,
+    matched_compute_frame,
+    matched_markdown_rows,
+    runs_markdown_rows,
+    summary_frame,
+    summary_markdown_rows,
+)
+
+
+@dataclass
+class SpecInfo:
+    """What the report uses from a spec, whether it came via rtlab.spec or plain YAML."""
+
+    name: str
+    path: str | None
+    text: str
+    description: str = ""
+    arms: list[str] = field(default_factory=list)
+    claims: list[object] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    experiment: str
+    out_dir: Path
+    report_md: Path
+    report_html: Path
+    manifest: Path
+    figures: list[Path]
+    tables: list[Path]
+    claims: list[ClaimVerdict]
+    messages: list[str]
+    baseline_arm: str | None
+    n_runs: int
+    n_included: int
+    logged_to_run: str | None
+    seconds: dict[str, float]
+
+
+# ---- spec -------------------------------------------------------------------------------------
+
+def _spec_info_from(spec: object, path: str | None, text: str) -> SpecInfo:
+    get = spec.get if isinstance(spec, dict) else (lambda key, default=None: getattr(
+        spec, key, default))
+    variants = get("variants", None) or {}
+    return SpecInfo(
+        name=str(get("name", "") or ""),
+        path=path,
+        text=text,
+        description=str(get("description", "") or ""),
+        arms=[str(arm) for arm in variants],
+        claims=list(get("claims", None) or []),
+    )
+
+
+def load_spec_info(spec_path: Path) -> SpecInfo:
+    """Validate with rtlab.spec when it is importable; its errors become ReportError."""
+    if not spec_path.is_file():
+        raise ReportError(f"{spec_path}: no such spec file")
+    text = spec_path.read_text()
+    try:
+        from rtlab.spec import load_spec  # the spec part may be absent in partial checkouts
+    except ImportError:
+        load_spec = None
+    if load_spec is not None:
+        try:
+            spec = load_spec(spec_path)
+        except Exception as error:  # SpecError: one line per problem, already names file/line
+            raise ReportError(str(error)) from error
+        return _spec_info_from(spec, str(spec_path), text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ReportError(f"{spec_path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise ReportError(f"{spec_path}: name: missing (the experiment name)")
+    return _spec_info_from(raw, str(spec_path), text)
+
+
+def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
+    """The spec YAML the tracker may have logged on the parent run, read without validation."""
+    if data.parent_run is None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    try:
+        client = MlflowClient(tracking_uri=data.tracking_uri)
+        names = [a.path for a in client.list_artifacts(data.parent_run.info.run_id)
+                 if not a.is_dir and a.path.endswith((".yaml", ".yml"))]
+        if not names:
+            return None
+        chosen = "spec.yaml" if "spec.yaml" in names else sorted(names)[0]
+        with tempfile.TemporaryDirectory() as scratch:
+            local = download_artifacts(run_id=data.parent_run.info.run_id, artifact_path=chosen,
+                                       dst_path=scratch, tracking_uri=data.tracking_uri)
+            text = Path(local).read_text()
+        raw = yaml.safe_load(text)
+    except Exception:  # noqa: BLE001 - the spec text is a nicety here, never a reason to fail
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return _spec_info_from(raw, f"parent run artifact {chosen}", text)
+
+
+# ---- arms -------------------------------------------------------------------------------------
+
+def choose_baseline(
+    runs: pd.DataFrame, arms: list[str], spec: SpecInfo | None, explicit: str | None
+) -> str | None:
+    """Explicit > an arm called 'baseline' > the claims' baseline arm > the one arm without
+    reasoning tokens or myopic training > the first arm."""
+    if explicit is not None:
+        if explicit not in arms:
+            raise ReportError(f"baseline arm {explicit!r} is not an arm here ({', '.join(arms)})")
+        return explicit
+    if "baseline" in arms:
+        return "baseline"
+    if spec is not None:
+        named = [
+            (c.get("baseline_arm") if isinstance(c, dict) else getattr(c, "baseline_arm", None))
+            for c in spec.claims
+        ]
+        named = [name for name in named if name in arms]
+        if named:
+            return Counter(named).most_common(1)[0][0]
+    plain = []
+    for arm in arms:
+        params = runs.loc[runs["arm"] == arm, "params"]
+        if len(params) and all(
+            p.get("model.reasoning.n_tokens", "0") == "0" and p.get("model.myopic", "off") == "off"
+            for p in params
+        ):
+            plain.append(arm)
+    if len(plain) == 1:
+        return plain[0]
+    return arms[0] if arms else None
+
+
+def order_arms(runs: pd.DataFrame, spec: SpecInfo | None, messages: list[str]) -> list[str]:
+    in_store = list(dict.fromkeys(runs["arm"]))
+    spec_arms = spec.arms if spec is not None else []
+    for arm in spec_arms:
+        if arm not in in_store:
+            messages.append(f"arm {arm!r} is in the spec but has no runs in the store.")
+    for arm in in_store:
+        if spec_arms and arm not in spec_arms:
+            messages.append(f"arm {arm!r} has runs but is not in the spec.")
+    for arm in in_store:
+        finished = runs[(runs["arm"] == arm) & runs["included"]]
+        if finished.empty:
+            messages.append(f"arm {arm!r} has no finished runs: nothing to aggregate.")
+    return spec_arms + sorted(a for a in in_store if a not in spec_arms)
+
+
+# ---- environment ------------------------------------------------------------------------------
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _current_git() -> tuple[str | None, bool | None]:
+    root = Path(rtlab.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=5,
+                               check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _most_common(values: pd.Series) -> str | None:
+    present = [v for v in values if isinstance(v, str) and v]
+    return Counter(present).most_common(1)[0][0] if present else None
+
+
+def _json_number(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+def _findings(summary: pd.DataFrame, matched: pd.DataFrame, baseline: str | None) -> list[str]:
+    """One plain sentence per non-baseline arm, generated from the table numbers."""
+    if baseline is None:
+        return []
+    lines = []
+    for _, row in summary[~summary["is_baseline"]].iterrows():
+        where = f" at {row['grid_point']}" if row["grid_point"] else ""
+        name = f"**{row['arm']}**{where}"
+        if row["n"] == 0:
+            lines.append(f"{name}: no finished runs.")
+            continue
+        delta = row.get("final_val_loss_delta_pct", math.nan)
+        if not math.isfinite(delta):
+            lines.append(f"{name}: no baseline runs to compare with{where}.")
+            continue
+        low, high = row["final_val_loss_delta_pct_ci_low"], row["final_val_loss_delta_pct_ci_high"]
+        base_n = summary.loc[
+            summary["is_baseline"] & (summary["grid_point"] == row["grid_point"]),
+            "final_val_loss_n",
+        ]
+        counts = f"n={row['final_val_loss_n']} vs {int(base_n.iloc[0]) if len(base_n) else 0}"
+        if not math.isfinite(low):
+            text = (f"{name}: final val loss {delta:+.2f}% vs {baseline} ({counts}; one seed on a "
+                    "side, so no interval: not evidence either way).")
+        elif low <= 0 <= high:
+            text = (f"{name}: final val loss {delta:+.2f}% [{low:+.2f}, {high:+.2f}] vs {baseline}"
+                    f" ({counts}): no difference detectable with these seeds.")
+        else:
+            direction = "lower (better)" if delta < 0 else "higher (worse)"
+            text = (f"{name}: final val loss {delta:+.2f}% [{low:+.2f}, {high:+.2f}] vs {baseline}"
+                    f", {direction}, p {_p_text(row['final_val_loss_p_value'])} ({counts}).")
+        at_flops = matched[
+            (matched["matched"] == "flops") & (matched["arm"] == row["arm"])
+            & (matched["grid_point"] == row["grid_point"])
+        ] if not matched.empty else matched
+        if not at_flops.empty and math.isfinite(
+            at_flops.iloc[0].get("val_loss_delta_pct", math.nan)
+        ):
+            m = at_flops.iloc[0]
+            interval = (f" [{m['val_loss_delta_pct_ci_low']:+.2f}, "
+                        f"{m['val_loss_delta_pct_ci_high']:+.2f}]"
+                        if math.isfinite(m["val_loss_delta_pct_ci_low"]) else "")
+            text += f" At equal training FLOPs: {m['val_loss_delta_pct']:+.2f}%{interval}."
+        lines.append(text)
+    return lines
+
+
+def build_report(
+    experiment: str | None,
+    tracking_uri: str | None,
+    out_dir: Path,
+    spec_path: Path | None = None,
+    log_to_mlflow: bool = True,
+    baseline_arm: str | None = None,
+) -> ReportResult:
+    """Write reports/<experiment>/ from the tracking store; see docs/ARCHITECTURE.md.
+
+    `experiment` may be None when `spec_path` is given (the spec's name is the experiment).
+    Raises ReportError for a missing store/experiment/spec (the CLI turns it into exit code 2).
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    spec = load_spec_info(Path(spec_path)) if spec_path is not None else None
+    if experiment is None:
+        if spec is None:
+            raise ReportError("give a spec file or --experiment NAME")
+        experiment = spec.name
+    data = load_experiment(experiment, tracking_uri)
+    seconds["load"] = time.perf_counter() - started
+    if spec is None:
+        spec = _spec_from_parent(data)
+    messages = list(data.messages)
+    runs, history = data.runs, data.history
+    arms = order_arms(runs, spec, messages)
+    baseline = choose_baseline(runs, arms, spec, baseline_arm)
+    has_grid = bool((runs["grid_label"] != "").any())
+    if history.empty:
+        messages.append("no metric history was logged by any run: curves are empty.")
+    else:
+        for metric in ("train_loss", "val_loss"):
+            if metric not in set(history["metric"]):
+                messages.append(f"no run logged {metric}: its curves and gap are empty.")
+
+    mark = time.perf_counter()
+    summary = summary_frame(runs, arms, baseline)
+    matched = matched_compute_frame(runs, history, arms, baseline)
+    verdicts = check_claims(spec.claims if spec else [], runs, baseline)
+    seconds["stats"] = time.perf_counter() - mark
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe_name = experiment.replace(os.sep, "_").replace("/", "_")
+    final_dir = out_dir / safe_name
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{safe_name}.partial-", dir=out_dir))
+    try:
+        (work_dir / "tables").mkdir()
+        mark = time.perf_counter()
+        figures = FigureMaker(runs, history, arms, baseline, work_dir).all()
+        seconds["figures"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        tables = _write_tables(work_dir, runs, summary, matched, verdicts)
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = _manifest(data, spec, created, seconds)
+        blocks = _document(data, spec, runs, summary, matched, verdicts, figures, messages,
+                           arms, baseline, has_grid, manifest)
+        (work_dir / "report.md").write_text(doc.to_markdown(blocks))
+        (work_dir / "report.html").write_text(doc.to_html(blocks, f"rtlab report: {experiment}"))
+        seconds["render"] = time.perf_counter() - mark
+        seconds["total_before_logging"] = time.perf_counter() - started
+        manifest["generation_seconds"] = round(seconds["total_before_logging"], 3)
+        (work_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace_dir(work_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+    logged_to = None
+    if log_to_mlflow and data.parent_run is not None:
+        mark = time.perf_counter()
+        from mlflow import MlflowClient
+
+        try:
+            MlflowClient(tracking_uri=data.tracking_uri).log_artifacts(
+                data.parent_run.info.run_id, str(final_dir), artifact_path="report"
+            )
+            logged_to = data.parent_run.info.run_id
+        except Exception as error:  # noqa: BLE001 - the report on disk is complete regardless
+            messages.append(f"could not log the report to the parent run: {error}")
+        seconds["log_artifacts"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+
+    return ReportResult(
+        experiment=experiment,
+        out_dir=final_dir,
+        report_md=final_dir / "report.md",
+        report_html=final_dir / "report.html",
+        manifest=final_dir / "manifest.json",
+        figures=[final_dir / "figures" / p.name for f in figures for p in (f.png, f.svg)],
+        tables=[final_dir / "tables" / p.name for p in tables],
+        claims=verdicts,
+        messages=messages,
+        baseline_arm=baseline,
+        n_runs=len(runs),
+        n_included=int(runs["included"].sum()),
+        logged_to_run=logged_to,
+        seconds=seconds,
+    )
+
+
+def _replace_dir(work_dir: Path, final_dir: Path) -> None:
+    """Swap the finished folder into place; the old report is removed only after the swap."""
+    old = None
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
+        final_dir.rename(old)
+    work_dir.rename(final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_tables(
+    work_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, matched: pd.DataFrame,
+    verdicts: list[ClaimVerdict],
+) -> list[Path]:
+    paths = []
+    tables_dir = work_dir / "tables"
+    summary.to_csv(tables_dir / "summary.csv", index=False)
+    paths.append(tables_dir / "summary.csv")
+    matched.to_csv(tables_dir / "matched_compute.csv", index=False)
+    paths.append(tables_dir / "matched_compute.csv")
+    runs.drop(columns=["params", "grid"]).to_csv(tables_dir / "runs.csv", index=False)
+    paths.append(tables_dir / "runs.csv")
+    claim_columns = ["verdict", "why", "compared", "claimed_change_pct", "measured_change_pct"]
+    pd.DataFrame([
+        {**{f"claim_{k}": v for k, v in verdict.claim.items()}, "verdict": verdict.verdict,
+         "why": verdict.why, "compared": verdict.compared,
+         "claimed_change_pct": verdict.claimed_change_pct,
+         "measured_change_pct": verdict.measured_change_pct}
+        for verdict in verdicts
+    ] or None, columns=None if verdicts else claim_columns).to_csv(
+        tables_dir / "claims.csv", index=False
+    )
+    paths.append(tables_dir / "claims.csv")
+    return paths
+
+
+def _manifest(
+    data: ExperimentData, spec: SpecInfo | None, created: str, seconds: dict[str, float]
+) -> dict:
+    runs = data.runs
+    report_commit, report_dirty = _current_git()
+    dirty_tags = {str(v).lower() for v in runs["git_dirty"] if v}
+    return {
+        "experiment": data.experiment_name,
+        "spec_path": spec.path if spec else None,
+        "spec_text": spec.text if spec else None,
+        # Versions and commit of the code that produced the runs (from their tags); the
+        # report generator's own are under "report".
+        "rtlab_version": _most_common(runs["rtlab_version"]) or rtlab.__version__,
+        "python": _most_common(runs["python"]) or platform.python_version(),
+        "torch": _most_common(runs["torch"]) or _package_version("torch"),
+        "git_commit": _most_common(runs["git_commit"]) or report_commit,
+        "git_dirty": ("true" in dirty_tags) if dirty_tags else report_dirty,
+        "created": created,
+        "tracking_uri": data.tracking_uri,
+        "parent_run_id": data.parent_run.info.run_id if data.parent_run else None,
+        "runs": [
+            {
+                "run_id": row["run_id"],
+                "run_name": row["run_name"],
+                "arm": row["arm"],
+                "seed": None if pd.isna(row["seed"]) else int(row["seed"]),
+                "grid_point": row["grid"],
+                "config_hash": row["config_hash"],
+                "status": row["status"],
+                "included": bool(row["included"]),
+                **{key: _json_number(float(row[key])) for key in (
+                    "final_train_loss", "final_val_loss", "best_val_loss", "tokens_seen",
+                    "flops_seen")},
+            }
+            for _, row in runs.iterrows()
+        ],
+        "report": {
+            "rtlab_version": rtlab.__version__,
+            "python": platform.python_version(),
+            "git_commit": report_commit,
+            "git_dirty": report_dirty,
+            "mlflow": _package_version("mlflow"),
+        },
+    }
+
+
+def _document(
+    data: ExperimentData, spec: SpecInfo | None, runs: pd.DataFrame, summary: pd.DataFrame,
+    matched: pd.DataFrame, verdicts: list[ClaimVerdict], figures: list, messages: list[str],
+    arms: list[str], baseline: str | None, has_grid: bool, manifest: dict,
+) -> list[doc.Block]:
+    n_included = int(runs["included"].sum())
+    dirty = " (uncommitted changes)" if manifest["git_dirty"] else ""
+    devices = ", ".join(sorted({d for d in runs["device"] if d})) or "unknown"
+    blocks: list[doc.Block] = [doc.Heading(1, f"rtlab report: {data.experiment_name}")]
+    if spec and spec.description:
+        blocks.append(doc.Paragraph(spec.description.strip()))
+    blocks.append(doc.Bullets([
+        f"{len(runs)} runs, {n_included} finished and in the aggregates; arms: "
+        + ", ".join(f"**{a}** (baseline)" if a == baseline else a for a in arms),
+        f"runs from commit `{manifest['git_commit'] or 'unknown'}`{dirty}, rtlab "
+        f"{manifest['rtlab_version']}, Python {manifest['python']}, torch "
+        f"{manifest['torch'] or 'unknown'}, device {devices}",
+        f"tracking store `{data.tracking_uri}`, experiment id {data.experiment_id}, parent run "
+        f"`{manifest['parent_run_id'] or 'none'}`; generated {manifest['created']}",
+    ]))
+    if messages:
+        blocks += [doc.Heading(2, "Data notes"), doc.Bullets(messages)]
+
+    blocks.append(doc.Heading(2, "Summary"))
+    header, rows = summary_markdown_rows(summary, has_grid)
+    blocks.append(doc.Table(
+        header, rows,
+        "Mean ± half-width of the 95% t-interval over finished seeds (n; \"n of m\" when some "
+        "runs did not finish). Δ = arm − baseline at the same grid point, Welch 95% interval; "
+        "lower loss is better.",
+        "tables/summary.csv",
+    ))
+    findings = _findings(summary, matched, baseline)
+    if findings:
+        blocks.append(doc.Bullets(findings))
+
+    if verdicts:
+        blocks.append(doc.Heading(2, "Claims check"))
+        blocks.append(doc.Table(
+            ["claim", "source", "verdict", "why", "what was compared"],
+            [[_claim_text(v.claim), v.claim.get("source") or "—", f"**{v.verdict}**", v.why,
+              v.compared] for v in verdicts],
+            csv_name="tables/claims.csv",
+        ))
+
+    blocks.append(doc.Heading(2, "Figures"))
+    for number, figure in enumerate(figures, start=1):
+        blocks.append(doc.Figure(figure.png, f"figures/{figure.png.name}",
+                                 f"Figure {number}: {figure.title}",
+                                 f"Figure {number}. {figure.caption} (SVG: figures/"
+                                 f"{figure.svg.name})"))
+
+    if baseline is not None and len(arms) > 1:
+        blocks.append(doc.Heading(2, "Differences from the baseline"))
+        header, rows = deltas_markdown_rows(summary, has_grid)
+        blocks.append(doc.Table(header, rows, "Welch 95% intervals and two-sided p-values.",
+                                "tables/summary.csv"))
+    if not matched.empty:
+        blocks.append(doc.Heading(2, "At equal tokens and at equal training FLOPs"))
+        header, rows = matched_markdown_rows(matched, has_grid)
+        blocks.append(doc.Table(
+            header, rows,
+            "Validation loss interpolated at the largest budget every finished run reached: "
+            "the fair comparison when arms differ in FLOPs per token.",
+            "tables/matched_compute.csv",
+        ))
+
+    blocks.append(doc.Heading(2, "Runs"))
+    header, rows = runs_markdown_rows(runs, has_grid)
+    blocks.append(doc.Table(header, rows, csv_name="tables/runs.csv"))
+
+    blocks.append(doc.Heading(2, "How the numbers are computed"))
+    blocks.append(doc.Bullets([
+        "Only runs with MLflow status FINISHED enter averages; failed, killed and running runs "
+        "are listed above and drawn dotted in Figure 1. A config hash that finished twice "
+        "counts once (the later run).",
+        "Per-run values are the logged final_train_loss, final_val_loss and best_val_loss "
+        "(else the last / lowest logged value, noted under Data notes).",
+        "Interval: mean ± t(0.975, n−1)·s/√n over seeds; with n = 1 there is no interval.",
+        "Δ vs baseline: difference of means, Welch–Satterthwaite degrees of freedom, "
+        "two-sided Welch t-test p-value (scipy). Δ % divides by the baseline mean and ignores "
+        "that mean's own uncertainty.",
+        "Throughput: median of each run's logged tokens/s after its first log point; it "
+        "depends on the machine and its load, compare arms within one report only.",
+    ]))
+
+    if spec is not None:
+        blocks.append(doc.Heading(2, "Spec"))
+        blocks.append(doc.Paragraph(f"From `{spec.path}`." if spec.path else ""))
+        blocks.append(doc.Code(spec.text, "yaml"))
+    return blocks
+
+
+def _p_text(p: float) -> str:
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
+def _claim_text(claim: dict) -> str:
+    metric = claim.get("metric") or "loss (train or val unstated)"
+    return (f"{claim.get('arm')} vs {claim.get('baseline_arm')}: {metric} "
+            f"{claim.get('baseline_value')} → {claim.get('value')}")

@@ -118,13 +118,63 @@ def model_section() -> type[BaseModel]:
     return _model_for_dataclass(GPTConfig, exclude=DATASET_DECIDES)
 
 
-def known_datasets() -> list[str] | None:
-    """Names in `rtlab.data.DATASETS`, or None while the data package does not provide them."""
+def known_datasets() -> dict[str, dict[str, Any]] | None:
+    """Dataset name -> its options with defaults (`rtlab.data.DATASETS`), or None without them."""
     try:
-        from rtlab.data import DATASETS  # type: ignore[attr-defined]
+        from rtlab.data import DATASETS
     except ImportError:
         return None
-    return sorted(DATASETS)
+    return {name: dict(getattr(entry, "defaults", {}) or {}) for name, entry in DATASETS.items()}
+
+
+def _option_type_problem(value: Any, default: Any) -> str | None:
+    """A light type check of a dataset option against its default (None accepts anything)."""
+    if default is None or value is None:
+        return None
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int | float):
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        return None
+    return None if ok else f"expected {kind} (default {default!r}), got {value!r}"
+
+
+def check_data_section(section: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
+    """Validate `data:`: the dataset name and its options; fills in the dataset's defaults."""
+    try:
+        data = DataSection.model_validate(section)
+    except ValidationError as error:
+        return None, issues_from_errors(error.errors(include_url=False), ("data",), section_tree())
+    written = data.model_dump()
+    datasets = known_datasets()
+    if datasets is None:  # the data package is not there: accept the section as written
+        return written, []
+    if data.name not in datasets:
+        hint = did_you_mean(data.name, list(datasets))
+        known = ", ".join(sorted(datasets))
+        message = f"unknown dataset '{data.name}'{hint}; known: {known}"
+        return None, [Issue(("data", "name"), message)]
+    defaults = datasets[data.name]
+    issues = []
+    for key, value in written.items():
+        if key == "name":
+            continue
+        if key not in defaults:
+            hint = did_you_mean(key, list(defaults))
+            accepted = ", ".join(sorted(defaults)) or "none"
+            issues.append(Issue(
+                ("data", key),
+                f"unknown option '{key}' of dataset '{data.name}'{hint}; accepted: {accepted}",
+                at_key=True,
+            ))
+        elif (problem := _option_type_problem(value, defaults[key])) is not None:
+            issues.append(Issue(("data", key), problem))
+    if issues:
+        return None, issues
+    return {"name": data.name, **defaults, **{k: v for k, v in written.items() if k != "name"}}, []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,17 +297,10 @@ def check_sections(sections: dict[str, Any]) -> tuple[dict[str, Any] | None, lis
     issues: list[Issue] = []
     resolved: dict[str, Any] = {}
 
-    try:
-        data = DataSection.model_validate(sections.get("data") or {})
-        resolved["data"] = data.model_dump()
-        names = known_datasets()
-        if names is not None and data.name not in names:
-            hint = did_you_mean(data.name, names)
-            issues.append(Issue(
-                ("data", "name"), f"unknown dataset '{data.name}'{hint}; known: {', '.join(names)}"
-            ))
-    except ValidationError as error:
-        issues += issues_from_errors(error.errors(include_url=False), ("data",), section_tree())
+    data, data_issues = check_data_section(sections.get("data") or {})
+    issues += data_issues
+    if data is not None:
+        resolved["data"] = data
 
     section = model_section()
     try:

@@ -1,0 +1,38 @@
+"""Optuna-scheduled sweeps: the runs of an experiment are trials of one study; workers pull them.
+
+    prepared = prepare_experiment("experiments/mini_sweep.yaml")   # spec -> datasets -> plan
+    audits = audit_experiment(prepared)                            # METHODS §4 per arm
+    summary = run_sweep(prepared, SweepOptions(workers=2))         # stores -> queue -> workers
+
+See `rtlab.sweep.queue` for how a worker on another machine joins a sweep.
+"""
+
+from rtlab.sweep.queue import QueuedRun, default_storage_url, experiment_state_dir
+from rtlab.sweep.runner import (
+    ArmAudit,
+    PreparedExperiment,
+    SweepOptions,
+    SweepSummary,
+    audit_experiment,
+    model_config_for,
+    prepare_experiment,
+    run_sweep,
+)
+from rtlab.sweep.worker import WorkerConfig, run_dir_for, run_worker
+
+__all__ = [
+    "ArmAudit",
+    "PreparedExperiment",
+    "QueuedRun",
+    "SweepOptions",
+    "SweepSummary",
+    "WorkerConfig",
+    "audit_experiment",
+    "default_storage_url",
+    "experiment_state_dir",
+    "model_config_for",
+    "prepare_experiment",
+    "run_dir_for",
+    "run_sweep",
+    "run_worker",
+]

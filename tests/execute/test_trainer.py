@@ -382,3 +382,11 @@ def test_threads_setting_is_applied(text_dataset: Dataset, tmp_path: Path) -> No
     config = make_config(max_iters=1, warmup_iters=0, threads=2, sample_tokens=0)
     train(config, seed=0, run_dir=tmp_path, dataset=text_dataset)
     assert torch.get_num_threads() == 2
+
+
+def test_bfloat16_autocast_trains(text_dataset: Dataset, tmp_path: Path) -> None:
+    result = train(make_config(dtype="bfloat16"), seed=0, run_dir=tmp_path, dataset=text_dataset)
+    assert result.final_metrics["final_val_loss"] < result.history[0]["val_loss"]
+    # Weights stay float32 under autocast (only the matmuls run in bfloat16).
+    weights = load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"]
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())

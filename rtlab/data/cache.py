@@ -6,7 +6,9 @@ rtlab version, timing).
 
 - Built in a temporary sibling directory, then renamed into place: a crash leaves no half cache.
 - Every load checks each output's size and sha256 against the manifest; a mismatch (corrupt or
-  partial cache) is logged and the corpus is rebuilt, never used.
+  partial cache) is logged and the corpus is rebuilt, never used. Files over 1 GiB (OpenWebText)
+  are hashed in full once; later loads compare size and mtime with that check's record in
+  `verified.json` (a file rewritten in place changes its mtime; silent bit rot would not).
 - Preparation holds an exclusive `fcntl` lock on `<variant>.lock`, so two processes preparing the
   same corpus build it once; the second waits, then verifies and uses the first one's result.
 """
@@ -21,6 +23,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -35,6 +38,8 @@ log = logging.getLogger("rtlab.data")
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+VERIFIED = "verified.json"  # {name: [bytes, mtime_ns]} of large outputs whose hash was checked
+FULL_HASH_LIMIT = 1 << 30
 
 
 def default_data_dir() -> Path:
@@ -62,8 +67,32 @@ def describe_outputs(directory: Path) -> dict[str, dict[str, Any]]:
     return {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, VERIFIED)
     }
+
+
+def _stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _read_verified(directory: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads((directory / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_verified(directory: Path, names: list[str]) -> None:
+    """Remember large outputs whose full hash was just checked (best effort)."""
+    record = _read_verified(directory)
+    record.update({name: _stamp(directory / name) for name in names})
+    tmp = directory / f".{VERIFIED}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, directory / VERIFIED)
+    except OSError:
+        pass
 
 
 def outputs_fingerprint(outputs: dict[str, dict[str, Any]], identity: dict[str, Any]) -> str:
@@ -85,14 +114,22 @@ def verify(directory: Path) -> tuple[dict[str, Any] | None, str]:
         return None, f"unreadable manifest ({err})"
     if manifest.get("format") != MANIFEST_FORMAT:
         return None, f"manifest format {manifest.get('format')} != {MANIFEST_FORMAT}"
+    verified = _read_verified(directory)
+    newly_verified = []
     for name, info in outputs.items():
         path = directory / name
         if not path.is_file():
             return None, f"{name} is missing"
         if path.stat().st_size != info["bytes"]:
             return None, f"{name} has {path.stat().st_size} bytes, manifest says {info['bytes']}"
+        if info["bytes"] > FULL_HASH_LIMIT and verified.get(name) == _stamp(path):
+            continue
         if sha256_file(path) != info["sha256"]:
             return None, f"{name} does not match its sha256 in the manifest"
+        if info["bytes"] > FULL_HASH_LIMIT:
+            newly_verified.append(name)
+    if newly_verified:
+        _record_verified(directory, newly_verified)
     if manifest.get("fingerprint") != outputs_fingerprint(outputs, identity):
         return None, "manifest fingerprint does not match its outputs"
     return manifest, ""
@@ -140,6 +177,7 @@ def ensure_prepared(
                 "rtlab_version": rtlab.__version__,
                 "python": platform.python_version(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "build_id": uuid.uuid4().hex,  # tells two builds of identical outputs apart
                 "prepare_seconds": round(time.perf_counter() - start, 3),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -66,7 +66,7 @@ def load_dataset(
 
 
 def _register_all() -> None:
-    from rtlab.data import corpora
+    from rtlab.data import corpora, external, synthetic
 
     register(
         "shakespeare_char",
@@ -83,6 +83,27 @@ def _register_all() -> None:
         "a user text file or directory, tokenizer char | gpt2",
         {"path": None, "tokenizer": "char", "val_fraction": 0.1},
     )(corpora.load_text)
+
+    register(
+        "nanogpt_bin",
+        "nanoGPT train.bin/val.bin (uint16) directory; vocab from meta.pkl, vocab_size or gpt2",
+        {"path": None, "vocab_size": None, "tokenizer": None},
+    )(external.load_nanogpt_bin)
+    register(
+        "openwebtext",
+        "OpenWebText via Hugging Face datasets (needs the hub), GPT-2 BPE, nanoGPT's split",
+        {"num_proc": 8, "val_fraction": 0.0005, "split_seed": 2357},
+    )(external.load_openwebtext)
+    register(
+        "precache_synthetic",
+        "Wu et al. pre-caching regression task (METHODS §5), generated from the seed",
+        {"p": 0.5},
+    )(lambda o, d, f: synthetic.PrecacheSynthetic(float(o["p"])))
+    register(
+        "precache_discrete",
+        "discrete pre-caching LM task: d_1..d_w = (sum d_(i-1) d_i) mod M, generated from the seed",
+        {"n_digits": 8, "modulus": 10},
+    )(lambda o, d, f: synthetic.PrecacheDiscrete(int(o["n_digits"]), int(o["modulus"])))
 
 
 _register_all()

@@ -30,3 +30,8 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, sdist_cache: Path)
 @pytest.fixture(scope="session")
 def shakespeare_char_tiny(shared_data_dir: Path):
     return load_dataset("shakespeare_char", {"size": "tiny"}, shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_bpe_tiny(shared_data_dir: Path):
+    return load_dataset("shakespeare", {"size": "tiny"}, shared_data_dir)

@@ -68,3 +68,39 @@ def test_batch_is_a_pure_function_of_its_arguments(shakespeare_char_tiny) -> Non
     assert not torch.equal(uninterrupted[0][0], uninterrupted[1][0])
     assert not torch.equal(ds.batch("train", 0, 4, 16, seed=8)[0], uninterrupted[0][0])
     assert not torch.equal(ds.batch("val", 0, 4, 16, seed=7)[0], uninterrupted[0][0])
+
+
+def test_gpt2_bpe_from_registry_ranks_matches_known_encodings(shakespeare_bpe_tiny) -> None:
+    ds = shakespeare_bpe_tiny
+    assert ds.vocab_size == 50257
+    assert ds.encode("Hello world") == [15496, 995]
+    assert ds.encode(" the") == [262]
+    assert ds.meta["tokenizer"]["ranks_sha256"] == (
+        "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+    )
+    assert ds.decode(ds.encode("To be, or not to be")) == "To be, or not to be"
+
+
+def test_bpe_and_char_corpora_hold_the_same_text(shakespeare_bpe_tiny, shakespeare_char_tiny):
+    for split in ("train", "val"):
+        bpe_text = shakespeare_bpe_tiny.decode(shakespeare_bpe_tiny.tokens(split).tolist())
+        char_text = shakespeare_char_tiny.decode(shakespeare_char_tiny.tokens(split).tolist())
+        assert bpe_text == char_text
+    sizes = shakespeare_bpe_tiny.meta["sizes"]
+    # GPT-2 BPE packs English at roughly 3-4 characters per token.
+    assert 2.5 < sizes["chars"] / (sizes["train_tokens"] + sizes["val_tokens"]) < 4.0
+
+
+def test_shakespeare_bpe_preparation_is_reproducible(tmp_path: Path, shakespeare_bpe_tiny) -> None:
+    again = load_dataset("shakespeare", {"size": "tiny"}, tmp_path)
+    assert manifest_of(again)["outputs"] == manifest_of(shakespeare_bpe_tiny)["outputs"]
+    assert again.fingerprint == shakespeare_bpe_tiny.fingerprint
+    assert manifest_of(again)["build_id"] != manifest_of(shakespeare_bpe_tiny)["build_id"]
+
+
+def test_full_corpus_has_all_42_works(tmp_path: Path) -> None:
+    ds = load_dataset("shakespeare_char", {"size": "full"}, tmp_path)
+    manifest = manifest_of(ds)
+    assert len(manifest["inputs"]["works"]) == 42
+    assert manifest["sizes"]["chars"] == 5057280
+    assert ds.vocab_size == 84

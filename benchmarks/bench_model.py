@@ -1,0 +1,270 @@
+"""Training throughput of rtlab's GPT per mode, next to a minimal nanoGPT-style reference.
+
+Every mode (and the reference) trains the same shape on the same random batch; rounds are
+interleaved (ref, baseline, reasoning, ... then again) so that machine noise hits every mode
+alike, and the table reports medians. `ratio vs ref` is the median over rounds of
+(mode tokens/s) / (reference tokens/s) from the same round.
+
+    python benchmarks/bench_model.py              # CPU, ~3 minutes
+    python benchmarks/bench_model.py --quick      # CPU, ~30 seconds
+    python benchmarks/bench_model.py --preset gpt2 --device cuda --dtype bfloat16 --compile
+    python benchmarks/bench_model.py --preset tiny --device cpu --compile   # smoke-test that path
+
+`overhead / FLOP ratio` = (time per token relative to baseline) / (FLOPs per token relative to
+baseline): 1.0 means a mode costs exactly what its extra arithmetic predicts.
+
+The rtlab rows use `GPT.configure_optimizers` (fused AdamW on CPU and CUDA), the reference uses
+nanoGPT's optimizer choice (fused on CUDA only); the row `baseline (ref optimizer)` steps rtlab's
+baseline with the reference's optimizer, so it isolates the model's forward/backward speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from rtlab.model import GPT, GPTConfig
+from rtlab.model.device import autocast_context, peak_flops, resolve_device
+
+# ----------------------------------------------------------------------------------------------
+# The reference: a minimal straightforward GPT (nanoGPT's model, trimmed to what training needs).
+
+
+class RefBlock(nn.Module):
+    def __init__(self, C: int, H: int):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+        self.H = H
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.H, C // self.H).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class RefGPT(nn.Module):
+    def __init__(self, V: int, T: int, L: int, H: int, C: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
+        self.blocks = nn.ModuleList([RefBlock(C, H) for _ in range(L)])
+        self.ln_f = nn.LayerNorm(C)
+        self.head = nn.Linear(C, V, bias=False)
+        self.head.weight = self.wte.weight
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+# ----------------------------------------------------------------------------------------------
+
+PRESETS = {
+    # name: (vocab, block_size, n_layer, n_head, n_embd, batch_size)
+    "cpu": (512, 64, 4, 4, 128, 8),
+    "tiny": (128, 32, 2, 2, 32, 2),
+    "gpt2": (50304, 1024, 12, 12, 768, 8),
+}
+
+MODES = {
+    "baseline": {},
+    # the same model stepped with the reference's optimizer: isolates forward/backward speed
+    "baseline (ref optimizer)": {},
+    "reasoning n=1": {"reasoning": {"n_tokens": 1, "delay": 1}},
+    "reasoning n=3": {"reasoning": {"n_tokens": 3, "delay": 1}},
+    "myopic strict fused": {"myopic": "strict", "myopic_impl": "fused"},
+    "myopic paper fused": {"myopic": "paper", "myopic_impl": "fused"},
+    "myopic strict explicit": {"myopic": "strict", "myopic_impl": "explicit"},
+}
+
+
+def build(mode: str, preset: str, device: torch.device, use_compile: bool):
+    V, T, L, H, C, _ = PRESETS[preset]
+    torch.manual_seed(0)
+    if mode == "reference":
+        model = RefGPT(V, T, L, H, C)
+        flops = None
+    else:
+        config = GPTConfig.from_dict(
+            dict(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, **MODES[mode])
+        )
+        model = GPT(config)
+        flops = model.flops_per_token()
+    model.to(device)
+    if mode == "reference" or mode == "baseline (ref optimizer)":
+        # nanoGPT's choice: the fused AdamW kernel on CUDA only (foreach elsewhere)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), **fused)
+    else:
+        # rtlab's training path (what the trainer calls)
+        optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    step_model = torch.compile(model) if use_compile else model
+    return step_model, optimizer, flops
+
+
+def run_steps(model, optimizer, x, y, steps: int, ctx_fn, device) -> float:
+    """Seconds for `steps` full training steps (forward, backward, optimizer)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        with ctx_fn():
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    parser.add_argument("--modes", default=",".join(["reference", *MODES]))
+    parser.add_argument("--quick", action="store_true", help="about 30 s on CPU")
+    parser.add_argument("--out", type=Path, default=None, help="write table.md + results.json")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rounds = args.rounds or (5 if args.quick else 20)
+    steps = args.steps or (2 if args.quick else 6)
+    if device.type == "cuda":
+        steps = args.steps or 10
+        rounds = args.rounds or 3
+    V, T, L, H, C, B = PRESETS[args.preset]
+    B = args.batch_size or B
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m != "reference" and m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from reference, {', '.join(MODES)}")
+
+    def ctx_fn():
+        return autocast_context(device, args.dtype)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (B, T), generator=g).to(device)
+    y = torch.randint(0, V, (B, T), generator=g).to(device)
+
+    built = {}
+    for mode in modes:
+        model, optimizer, flops = build(mode, args.preset, device, args.compile)
+        t0 = time.perf_counter()
+        run_steps(model, optimizer, x, y, args.warmup, ctx_fn, device)  # compile, allocator
+        built[mode] = (model, optimizer, flops)
+        print(f"  warmed up {mode:24s} in {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
+
+    tokens_per_round = B * T * steps
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        # rotate the order each round so no mode always runs right after a given other one
+        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
+            model, optimizer, _ = built[mode]
+            seconds = run_steps(model, optimizer, x, y, steps, ctx_fn, device)
+            rates[mode].append(tokens_per_round / seconds)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
+
+    baseline_flops = built["baseline"][2] if "baseline" in built else None
+    peak = peak_flops(device)
+    rows = []
+    for mode in modes:
+        flops = built[mode][2] if mode != "reference" else baseline_flops
+        median_rate = statistics.median(rates[mode])
+        ratio_ref = (
+            statistics.median(a / b for a, b in zip(rates[mode], rates["reference"], strict=True))
+            if "reference" in rates
+            else math.nan
+        )
+        if "baseline" in rates and flops is not None and baseline_flops is not None:
+            time_ratio = statistics.median(
+                b / a for a, b in zip(rates[mode], rates["baseline"], strict=True)
+            )
+            flop_ratio = flops / baseline_flops
+        else:
+            time_ratio = flop_ratio = math.nan
+        mfu = median_rate * flops / peak if (peak and flops) else math.nan
+        rows.append(
+            dict(
+                mode=mode,
+                tokens_per_s=median_rate,
+                ratio_vs_reference=ratio_ref,
+                time_per_token_vs_baseline=time_ratio,
+                flop_ratio_vs_baseline=flop_ratio,
+                overhead_over_flop_ratio=time_ratio / flop_ratio,
+                mfu=mfu,
+            )
+        )
+
+    header = (
+        f"rtlab GPT training throughput: preset {args.preset} (V={V}, T={T}, L={L}, H={H}, "
+        f"C={C}, B={B}), device {device.type}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", dtype {args.dtype}, compile {args.compile}, threads {torch.get_num_threads()}, "
+        f"{rounds} interleaved rounds x {steps} steps, medians; torch {torch.__version__}"
+    )
+    lines = [
+        header,
+        "",
+        "| mode | tokens/s | ratio vs ref | time/token vs baseline | FLOP ratio | "
+        "overhead / FLOP ratio | MFU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def fmt(v: float, spec: str) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    for row in rows:
+        lines.append(
+            f"| {row['mode']} | {row['tokens_per_s']:,.0f}"
+            f" | {fmt(row['ratio_vs_reference'], '.3f')}"
+            f" | {fmt(row['time_per_token_vs_baseline'], '.2f')}"
+            f" | {fmt(row['flop_ratio_vs_baseline'], '.2f')}"
+            f" | {fmt(row['overhead_over_flop_ratio'], '.2f')} | {fmt(row['mfu'], '.1%')} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    result = {"header": header, "rows": rows, "rates": rates}
+    out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        tag = f"bench_{args.preset}_{device.type}"
+        (out / f"{tag}.md").write_text(table + "\n")
+        (out / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()

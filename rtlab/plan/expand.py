@@ -3,6 +3,7 @@ and its identity, the config hash."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -104,7 +105,7 @@ def plan_runs(
                     arm=arm,
                     grid_point=dict(point),
                     seed=seed,
-                    config=config,
+                    config=copy.deepcopy(config),  # plans are handed out: none shares state
                     config_hash=config_hash(config, seed, fingerprint),
                     run_name=run_name(arm, point, seed),
                     data_fingerprint=fingerprint,

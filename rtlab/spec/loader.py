@@ -336,6 +336,8 @@ def parse_spec(
     }
     seen_configs: dict[str, tuple[str, dict[str, Any]]] = {}
     reported_pairs: set[tuple[str, str]] = set()
+    # A bad grid value usually fails for every arm: say so once, listing the arms it fails for.
+    failing_arms: dict[tuple[KeyPath, str], list[str]] = {}
     for point in spec.grid_points() if grid else []:
         for arm in spec.arms:
             resolved, issues = check_sections(spec.merged(arm, point))
@@ -344,12 +346,17 @@ def parse_spec(
                 dotted = ".".join(str(p) for p in issue.loc)
                 if dotted in point:
                     at: KeyPath = ("grid", dotted, grid_index[dotted][_canonical(point[dotted])])
-                    locator.add(at, f"{issue.message} (arm '{arm}')")
+                    failing_arms.setdefault((at, issue.message), [])
+                    if arm not in failing_arms[(at, issue.message)]:
+                        failing_arms[(at, issue.message)].append(arm)
                 else:
                     at = ("variants", arm, *issue.loc)
                     locator.add(at, f"{issue.message} (arm '{arm}' at grid point {where})")
             if resolved is not None:
                 _note_duplicate(spec, arm, point, resolved, seen_configs, reported_pairs, locator)
+    for (at, message), arms in failing_arms.items():
+        which = "every arm" if len(arms) == len(spec.arms) else "arm " + ", ".join(arms)
+        locator.add(at, f"{message} (for {which})")
     if not grid:
         for arm in spec.arms:
             resolved, _ = check_sections(spec.merged(arm))

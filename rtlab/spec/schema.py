@@ -264,6 +264,10 @@ def issues_from_errors(
             message = f"invalid name {value!r}: {e['msg']}"
             issues.append(Issue(loc, message, at_key=True))
             continue
+        if kind == "extra_forbidden" and loc[-2:-1] == ("model",) and loc[-1] in DATASET_DECIDES:
+            message = f"'{loc[-1]}' comes from the dataset, not the spec: remove it"
+            issues.append(Issue(loc, message, at_key=True))
+            continue
         if kind == "extra_forbidden":
             keys = explicit_keys(walk_tree(tree, loc[:-1])[0])
             hint = did_you_mean(loc[-1], keys)

@@ -61,14 +61,14 @@ class TrainConfig(BaseModel):
 
     def cross_field_problems(self) -> list[tuple[str, str]]:
         """Impossible combinations, as (field, message) pairs."""
+        assert self.lr_decay_iters is not None and self.min_lr is not None  # resolved on validation
         problems = []
         if self.warmup_iters > self.max_iters:
             problems.append((
                 "warmup_iters",
                 f"warmup_iters ({self.warmup_iters}) must be <= max_iters ({self.max_iters})",
             ))
-        assert self.lr_decay_iters is not None and self.min_lr is not None  # resolved above
-        if self.lr_decay_iters <= self.warmup_iters:
+        elif self.lr_decay_iters <= self.warmup_iters:  # (checked only when warmup is possible)
             problems.append((
                 "lr_decay_iters",
                 f"lr_decay_iters ({self.lr_decay_iters}) must be > warmup_iters "

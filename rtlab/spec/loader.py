@@ -364,13 +364,28 @@ def parse_spec(
                 _note_duplicate(spec, arm, {}, resolved, seen_configs, reported_pairs, locator)
     locator.raise_if_any()
 
-    # 5. Claims name arms that exist.
+    # 5. Claims name arms that exist and say which way they go.
     for i, claim in enumerate(spec.claims):
         for key in ("arm", "baseline_arm"):
             name = getattr(claim, key)
             if name not in spec.variants:
                 hint = did_you_mean(name, spec.arms)
                 locator.add(("claims", i, key), f"no arm '{name}' in variants{hint}")
+        if claim.arm == claim.baseline_arm:
+            locator.add(("claims", i, "baseline_arm"), "a claim compares two different arms")
+        numbers = claim.value is not None and claim.baseline_value is not None
+        if claim.direction() is None:
+            locator.add(
+                ("claims", i),
+                "give `expect: lower|higher`, or both `value` and `baseline_value`",
+            )
+        elif claim.expect is not None and numbers and claim.value != claim.baseline_value:
+            if claim.expect != ("lower" if claim.value < claim.baseline_value else "higher"):
+                locator.add(
+                    ("claims", i, "expect"),
+                    f"expect: {claim.expect} contradicts value {claim.value} vs baseline_value "
+                    f"{claim.baseline_value}",
+                )
     locator.raise_if_any()
     return spec
 

@@ -28,22 +28,33 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 
 
 class Claim(BaseModel):
-    """A published or expected result the report checks against the measured one.
+    """A published or expected result that the report sets against the measured one.
 
-    Reads: "`arm` reaches a `metric` `expect` than `baseline_arm`" (lower by default), optionally
-    with the numbers the source reported (`value` for the arm, `baseline_value` for the baseline).
-    `metric` names the run's final value: `val_loss` -> `final_val_loss`, etc.
+    Reads: "`arm` reaches a `metric` `expect` than `baseline_arm`", optionally with the numbers the
+    source reported (`value` for the arm, `baseline_value` for the baseline). `metric` names the
+    runs' final value (`val_loss` -> `final_val_loss`, `train_loss` -> `final_train_loss`,
+    `best_val_loss`); `loss` means the source does not say which. `expect` may be left out when
+    both numbers are given: their order gives it.
     """
 
     model_config = STRICT
 
-    metric: Literal["val_loss", "train_loss", "best_val_loss"]
+    metric: Literal["val_loss", "train_loss", "best_val_loss", "loss"]
     arm: str
     baseline_arm: str = "baseline"
-    expect: Literal["lower", "higher"] = "lower"
+    expect: Literal["lower", "higher"] | None = None
     value: float | None = None
     baseline_value: float | None = None
     source: Annotated[str, Field(min_length=1)]  # where the claim comes from, in words
+
+    def direction(self) -> str | None:
+        """`expect`, or the direction the numbers give, or None when neither says."""
+        if self.expect is not None:
+            return self.expect
+        if self.value is not None and self.baseline_value is not None:
+            if self.value != self.baseline_value:
+                return "lower" if self.value < self.baseline_value else "higher"
+        return None
 
 
 class BaseSections(BaseModel):

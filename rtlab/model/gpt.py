@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -162,16 +163,21 @@ def dense_reasoning_mask(T: int, n_tokens: int, delay: int, device: torch.device
 _compiled_flex_attention = None
 
 
-def _flex_attention(*args, **kwargs):
-    """FlexAttention, compiled once when called eagerly (its eager form is a slow reference)."""
+def _flex_attention(q, k, v, **kwargs):
+    """FlexAttention. On CUDA outside torch.compile it is compiled once here (its eager form is a
+    slow reference); on CPU it runs eagerly, which only tests use (attention_backend='flex')."""
     global _compiled_flex_attention
     from torch.nn.attention.flex_attention import flex_attention
 
     if torch.compiler.is_compiling():
-        return flex_attention(*args, **kwargs)
+        return flex_attention(q, k, v, **kwargs)
+    if q.device.type != "cuda":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+            return flex_attention(q, k, v, **kwargs)
     if _compiled_flex_attention is None:
         _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex_attention(*args, **kwargs)
+    return _compiled_flex_attention(q, k, v, **kwargs)
 
 
 def flex_block_mask(P: int, n_tokens: int, delay: int, device: torch.device):
@@ -218,6 +224,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.myopic = config.myopic
         self.myopic_impl = config.myopic_impl
+        # "auto": FlexAttention on CUDA, SDPA / the CPU flash kernel elsewhere. Tests force
+        # "flex" or "dense" to compare backends; it never changes the function computed.
+        self.attention_backend: Literal["auto", "dense", "flex"] = "auto"
 
     def forward(self, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
         """mask: None (plain causal), a dense bool (P, P) tensor, or a FlexAttention BlockMask."""
@@ -269,7 +278,9 @@ class CausalSelfAttention(nn.Module):
         if impl == "fused":
             if dropout_p > 0:
                 raise ValueError("myopic_impl: 'fused' needs dropout 0")
-            return myopic_attention_fused(q, k, v, k_cut, v_cut)
+            # the CPU flash kernel is CPU-only, so CUDA always takes FlexAttention's lse
+            use_flex = self.attention_backend == "flex" or q.device.type == "cuda"
+            return myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex)
         return myopic_attention_explicit(q, k, v, k_cut, v_cut, self.attn_dropout)
 
 
@@ -303,9 +314,9 @@ def fused_myopic_available(q: torch.Tensor) -> bool:
     return False
 
 
-def _attention_with_lse(q, k, v):
+def _attention_with_lse(q, k, v, use_flex: bool):
     """Causal attention output y0 and its log-sum-exp (natural log, no gradient)."""
-    if q.device.type == "cpu":
+    if not use_flex:
         y0, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
         return y0, lse
     from torch.nn.attention.flex_attention import AuxRequest
@@ -315,7 +326,7 @@ def _attention_with_lse(q, k, v):
     return y0, aux.lse
 
 
-def myopic_attention_fused(q, k, v, k_cut, v_cut):
+def myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex: bool = False):
     """Myopic attention from one fused causal attention call over (q, k~, v~) plus its lse.
 
     y0 = attn(q, k~, v~) already has the right value and the right gradient into q and into
@@ -328,10 +339,11 @@ def myopic_attention_fused(q, k, v, k_cut, v_cut):
     share of the W_K, W_V gradient through k~, v~ (METHODS §3 gives the strict special case).
     """
     scale = 1.0 / math.sqrt(q.size(-1))
-    y0, lse = _attention_with_lse(q, k_cut, v_cut)
+    y0, lse = _attention_with_lse(q, k_cut, v_cut, use_flex)
     q_d, k_d, v_d, y0_d = q.detach(), k.detach(), v.detach(), y0.detach()
-    diag_scores = (q_d * k_d).sum(-1) * scale
-    a = torch.exp(diag_scores - lse.to(diag_scores.dtype)).unsqueeze(-1)  # (B, H, T, 1)
+    acc = torch.promote_types(q.dtype, torch.float32)  # a_jj in >= fp32 even under bf16 autocast
+    diag_scores = (q_d.to(acc) * k_d.to(acc)).sum(-1) * scale
+    a = torch.exp(diag_scores - lse.to(acc)).to(q.dtype).unsqueeze(-1)  # (B, H, T, 1)
     k_live = ((q_d * (k - k_cut)).sum(-1, keepdim=True)) * scale  # zero value, live gradient
     return y0 + a * (v - v_cut) + a * (v_d - y0_d) * k_live
 
@@ -408,6 +420,18 @@ class GPT(nn.Module):
         if self.slot_emb is not None:
             torch.nn.init.normal_(self.slot_emb, mean=0.0, std=0.02)
         self._dense_mask_cache: dict[tuple, torch.Tensor] = {}
+        self.attention_backend: Literal["auto", "dense", "flex"] = "auto"
+
+    def set_attention_backend(self, backend: Literal["auto", "dense", "flex"]) -> GPT:
+        """Force the attention kernels: 'dense' = SDPA (+ dense mask) and the CPU flash kernel
+        for fused myopic; 'flex' = FlexAttention everywhere (eager on CPU: for tests only);
+        'auto' (default) = flex on CUDA, dense elsewhere. The function computed is the same."""
+        if backend not in ("auto", "dense", "flex"):
+            raise ValueError(f"attention backend must be auto, dense or flex, got {backend!r}")
+        self.attention_backend = backend
+        for block in self.transformer.h:
+            block.attn.attention_backend = backend
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -463,7 +487,8 @@ class GPT(nn.Module):
         r = self.config.reasoning
         if r.n_tokens == 0 or self.config.myopic != "off":
             return None
-        if device.type == "cuda":
+        backend = self.attention_backend
+        if backend == "flex" or (backend == "auto" and device.type == "cuda"):
             return _cached_flex_mask(P, r.n_tokens, r.delay, device)
         key = (P, str(device))
         mask = self._dense_mask_cache.get(key)

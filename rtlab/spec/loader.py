@@ -66,8 +66,10 @@ class ExperimentSpec:
 
     def merged(self, arm: str, grid_point: dict[str, Any] | None = None) -> dict[str, Any]:
         """base <- arm override <- grid point, before defaults are filled in."""
-        sections = {s: deep_merge(self.base[s], self.variants[arm].get(s) or {}) for s in SECTIONS}
+        sections = merge_sections(self.base, self.variants[arm])
         for key, value in (grid_point or {}).items():
+            if key == "data.name" and value != sections["data"].get("name"):
+                sections["data"] = {}  # another dataset: the options were the other one's
             set_dotted(sections, key.split("."), value)
         return sections
 
@@ -91,6 +93,23 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """base's {data, model, train} with an arm's override applied section by section.
+
+    An override naming another dataset replaces base's data section: base's options belong to
+    base's dataset (e.g. `size` of shakespeare_char means nothing to precache_synthetic).
+    """
+    merged = {}
+    base_dataset = base["data"].get("name")
+    for section in SECTIONS:
+        written = override.get(section) or {}
+        if section == "data" and written.get("name", base_dataset) != base_dataset:
+            merged[section] = copy.deepcopy(written)
+        else:
+            merged[section] = deep_merge(base[section], written)
     return merged
 
 
@@ -294,7 +313,7 @@ def parse_spec(
         variants[arm] = written
         if not _check_override_keys(written, section_tree(), ("variants", arm), locator):
             continue
-        merged = {s: deep_merge(base[s], written.get(s) or {}) for s in SECTIONS}
+        merged = merge_sections(base, written)
         _, issues = check_sections(merged)
         locator.add_issues(("variants", arm), issues)
     locator.raise_if_any()

@@ -288,6 +288,8 @@ def issues_from_errors(
             issues.append(Issue(loc, f"missing required key '{loc[-1]}'"))
             continue
         message = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        # pydantic names our internal classes here; the user wrote YAML.
+        message = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message)
         if kind == "literal_error":
             message += did_you_mean(value, _literal_options(e.get("ctx", {}).get("expected", "")))
         if kind not in ("value_error", "assertion_error") and not isinstance(value, dict | list):

@@ -164,3 +164,25 @@ def test_many_problems_are_capped():
 def test_resolve_rejects_an_unknown_arm():
     with pytest.raises(KeyError, match="no arm 'nope'"):
         load_spec(VALID).resolve("nope")
+
+
+def test_an_arm_or_grid_naming_another_dataset_does_not_inherit_base_options():
+    extra = (
+        "  synthetic:\n    data:\n      name: precache_synthetic\n"
+        "    model:\n      head: regression\n"
+    )
+    spec = parse_spec(spec_text(extra), "d.yaml")
+    assert spec.resolve("baseline")["data"] == {"name": "shakespeare_char", "size": "tiny"}
+    assert spec.resolve("synthetic")["data"] == {"name": "precache_synthetic", "p": 0.5}
+    grid = "grid.data.name=[shakespeare_char, shakespeare]"
+    spec = load_spec(VALID, ["base.data.size=tiny", grid])
+    assert spec.resolve("baseline", {"data.name": "shakespeare"})["data"] == {
+        "name": "shakespeare", "size": "full"
+    }
+
+
+def test_type_errors_speak_yaml_not_pydantic_class_names():
+    with pytest.raises(SpecError) as info:
+        load_spec(VALID, ["variants.baseline=3"])
+    assert "should be a mapping" in str(info.value)
+    assert "VariantOverride" not in str(info.value)

@@ -1,12 +1,17 @@
-"""Set a spec's claims (e.g. the blog's loss 0.621 -> 0.401) against what was measured.
+"""Set a spec's claims against what was measured.
 
-A claim's absolute losses come from another setting (data, tokenizer, model size), so only its
-relative change is compared: claimed (value - baseline_value) / baseline_value against the
-measured change of the arm's mean over the baseline arm's mean, with a Welch 95% interval.
-- supported: the claimed relative change lies inside the measured interval;
-- contradicted: it lies outside (the why says whether the effect is smaller, absent or reversed);
-- not comparable: no finished runs of an arm, one seed (no interval), no claimed numbers, or the
-  verdict depends on something the claim leaves open (train vs val loss, grid point).
+A claim reads "`arm` reaches a `metric` `expect` (lower/higher) than `baseline_arm`", optionally
+with the source's numbers (e.g. the blog's 0.621 -> 0.401). Those numbers come from another
+setting (data, tokenizer, model size, training length), so absolute losses are never compared:
+the verdict rests on the direction of the measured change of the arm's mean over the baseline
+arm's mean (final values, Welch 95% interval over seeds):
+- supported: the interval lies entirely on the expected side of 0;
+- contradicted: it lies entirely on the other side;
+- inconclusive: it contains 0 (these seeds cannot tell);
+- not comparable: an arm has no finished runs, one seed on a side (no interval), no direction
+  given, or the answer depends on something the claim leaves open (train vs val, grid point).
+When the claim gives numbers, the why also says whether its relative change lies inside the
+measured interval (the size), without changing the verdict.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import pandas as pd
 
 from rtlab.report.stats import welch
 
-SUPPORTED, CONTRADICTED, NOT_COMPARABLE = "supported", "contradicted", "not comparable"
+SUPPORTED, CONTRADICTED = "supported", "contradicted"
+INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
 METRIC_COLUMNS = {
     "val_loss": "final_val_loss",
     "final_val_loss": "final_val_loss",
@@ -54,7 +60,8 @@ def claim_to_dict(claim: object) -> dict:
 
 
 def _reading(
-    runs: pd.DataFrame, column: str, arm: str, baseline_arm: str, label: str, claimed_pct: float
+    runs: pd.DataFrame, column: str, arm: str, baseline_arm: str, label: str, expect: str,
+    claimed_pct: float,
 ) -> tuple[str, str, float]:
     """(verdict, explanation, measured %) for one metric at one grid point."""
     chosen = runs[runs["included"] & (runs["grid_label"] == label)]
@@ -77,24 +84,23 @@ def _reading(
             measured,
         )
     low, high = comparison.low_pct, comparison.high_pct
-    measured_text = (
-        f"{words}{where}: measured {measured:+.2f}% [{low:+.2f}, {high:+.2f}] ({counts})"
-    )
-    if low <= claimed_pct <= high:
-        return SUPPORTED, f"{measured_text} contains the claimed {claimed_pct:+.2f}%", measured
+    text = f"{words}{where}: measured {measured:+.2f}% [{low:+.2f}, {high:+.2f}] ({counts})"
     if low <= 0 <= high:
-        nature = "no detectable change (the interval contains 0)"
-    elif (low > 0 and claimed_pct < 0) or (high < 0 and claimed_pct > 0):
-        nature = "the opposite direction"
-    elif abs(claimed_pct) > max(abs(low), abs(high)):
-        nature = "the same direction but a smaller effect"
+        kind, text = INCONCLUSIVE, f"{text}: the interval contains 0"
+    elif (high < 0) == (expect == "lower"):
+        kind, text = SUPPORTED, f"{text}: {expect}, as claimed"
     else:
-        nature = "the same direction but a larger effect"
-    return (
-        CONTRADICTED,
-        f"{measured_text} excludes the claimed {claimed_pct:+.2f}%: {nature}",
-        measured,
-    )
+        kind = CONTRADICTED
+        text = f"{text}: {'higher' if expect == 'lower' else 'lower'}, against the claim"
+    if math.isfinite(claimed_pct):
+        if low <= claimed_pct <= high:
+            size = "inside the interval"
+        elif abs(claimed_pct) > max(abs(low), abs(high)):
+            size = "outside it (the measured effect is smaller)"
+        else:
+            size = "outside it (the measured effect is larger)"
+        text += f"; the claimed size {claimed_pct:+.2f}% lies {size}"
+    return kind, text, measured
 
 
 def check_claim(
@@ -105,26 +111,28 @@ def check_claim(
     baseline_arm = data.get("baseline_arm") or baseline_arm_default
     value, base_value = data.get("value"), data.get("baseline_value")
     metric = data.get("metric")
-    source = data.get("source") or "the claim"
+    claimed_pct = math.nan
+    if value is not None and base_value:
+        claimed_pct = (float(value) - float(base_value)) / float(base_value) * 100.0
+    expect = data.get("expect")
+    if expect not in ("lower", "higher") and math.isfinite(claimed_pct) and claimed_pct != 0:
+        expect = "lower" if claimed_pct < 0 else "higher"
 
     def verdict(
         kind: str, why: str, compared: str = "", measured: float = math.nan
     ) -> ClaimVerdict:
         return ClaimVerdict(data, kind, why, compared, claimed_pct, measured)
 
-    claimed_pct = math.nan
-    if value is None or base_value is None or not base_value:
-        return verdict(NOT_COMPARABLE, "the claim gives no baseline_value and value to compare")
-    claimed_pct = (float(value) - float(base_value)) / float(base_value) * 100.0
     if not arm or not baseline_arm:
         return verdict(NOT_COMPARABLE, "the claim names no arm or baseline arm")
+    if expect not in ("lower", "higher"):
+        return verdict(NOT_COMPARABLE, "the claim gives no direction (expect) and no numbers")
     known_arms = set(runs["arm"])
     for name in (arm, baseline_arm):
         if name not in known_arms:
             return verdict(NOT_COMPARABLE, f"arm {name!r} has no runs in this experiment")
     if metric in UNSPECIFIED:
-        columns = ["final_val_loss", "final_train_loss"]
-        open_metric = True
+        columns, open_metric = ["final_val_loss", "final_train_loss"], True
     elif metric in METRIC_COLUMNS:
         columns, open_metric = [METRIC_COLUMNS[metric]], False
     else:
@@ -135,16 +143,19 @@ def check_claim(
     ] or [""]
 
     readings = [
-        _reading(runs, column, arm, baseline_arm, label, claimed_pct)
+        _reading(runs, column, arm, baseline_arm, label, expect, claimed_pct)
         for column in columns for label in labels
     ]
     kinds = {kind for kind, _, _ in readings}
     details = "; ".join(text for _, text, _ in readings)
+    numbers = (
+        f" ({float(base_value):g} -> {float(value):g}, {claimed_pct:+.2f}%)"
+        if math.isfinite(claimed_pct) else ""
+    )
     compared = (
-        f"relative change of {' and '.join(METRIC_WORDS[c] for c in columns)} of arm {arm!r} "
-        f"over arm {baseline_arm!r} (means over seeds, final step) vs {source}'s "
-        f"{float(base_value):g} -> {float(value):g} ({claimed_pct:+.2f}%); absolute losses are "
-        "not compared because they depend on the data, tokenizer and model size"
+        f"relative change of the mean {' and '.join(METRIC_WORDS[c] for c in columns)} of arm "
+        f"{arm!r} over arm {baseline_arm!r}, against the claim that it is {expect}{numbers}; "
+        "absolute losses from the source are not compared (other data, tokenizer, model size)"
     )
     if open_metric:
         compared += "; the claim does not say train or validation loss, so both are checked"
@@ -153,7 +164,7 @@ def check_claim(
     else:
         kind = NOT_COMPARABLE
         open_part = "train vs validation loss" if open_metric else "the grid point"
-        details = f"the verdict depends on {open_part}, which the claim leaves open: {details}"
+        details = f"the answer depends on {open_part}, which the claim leaves open: {details}"
     return verdict(kind, details, compared, readings[0][2])
 
 

@@ -351,7 +351,7 @@ def _mark_included(runs: pd.DataFrame, messages: list[str]) -> pd.DataFrame:
         runs["included"], "", "status " + runs["status"].astype(str)
     )
     finished = runs[runs["included"] & (runs["config_hash"] != "")]
-    finished = finished.sort_values("end_time", na_position="first")
+    finished = finished.sort_values(["end_time", "start_time"], na_position="first", kind="stable")
     duplicated = finished.duplicated("config_hash", keep="last")
     for index in finished.index[duplicated.to_numpy()]:
         runs.loc[index, "included"] = False

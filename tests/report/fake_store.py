@@ -6,6 +6,7 @@ requested final values, so every table number is known in advance.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -48,24 +49,30 @@ def _curve(final: float, step: int, steps: int, start: float = 10.0) -> float:
 
 
 def log_experiment(
-    tracking_uri: str, experiment: str, runs: list[FakeRun], with_parent: bool = True
+    tracking_uri: str,
+    experiment: str,
+    runs: list[FakeRun],
+    artifact_location: str,
+    with_parent: bool = True,
 ) -> dict[str, str]:
-    """Create `experiment` with a parent and the given child runs; returns run name -> run id."""
+    """Create `experiment` with a parent and the given child runs; returns run name -> run id
+    (and "parent" -> the parent's id). Artifacts go to `artifact_location` (never the CWD)."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = client.create_experiment(experiment)
+    experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
     parent_id = None
     if with_parent:
         parent = client.create_run(experiment_id, run_name=experiment,
                                    tags={"rtlab.role": "parent"})
         parent_id = parent.info.run_id
-    ids = {}
+    ids = {"parent": parent_id} if parent_id else {}
     for run in runs:
+        name_bytes = run.name.encode()
         tags = {
             "rtlab.role": "child",
             "rtlab.arm": run.arm,
             "rtlab.seed": str(run.seed),
             "rtlab.grid_point": json.dumps(run.grid_point, sort_keys=True),
-            "rtlab.config_hash": run.config_hash or f"{run.name}".ljust(12, "0")[:12],
+            "rtlab.config_hash": run.config_hash or hashlib.sha256(name_bytes).hexdigest()[:12],
             "rtlab.git_commit": "0123456789abcdef0123456789abcdef01234567",
             "rtlab.git_dirty": "false",
             "rtlab.version": "0.1.0",
@@ -118,6 +125,7 @@ def log_experiment(
             )
         if run.status != "RUNNING":
             client.set_terminated(run_id, status=run.status)
+        time.sleep(0.003)  # distinct start/end times: "the later run" must be well defined
     if parent_id:
         client.set_terminated(parent_id)
     return ids

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from rtlab.data import Dataset
+from rtlab.data import Dataset, load_dataset
 from rtlab.execute import (
     CHECKPOINT_NAME,
     EVAL_SEED,
@@ -390,3 +390,15 @@ def test_bfloat16_autocast_trains(text_dataset: Dataset, tmp_path: Path) -> None
     # Weights stay float32 under autocast (only the matmuls run in bfloat16).
     weights = load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"]
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+
+
+def test_regression_task_trains(tmp_path: Path) -> None:
+    dataset = load_dataset("precache_synthetic", {"p": 0.5}, data_dir=tmp_path / "data")
+    config = make_config(max_iters=40, eval_interval=20)
+    config["data"] = {"name": "precache_synthetic", "p": 0.5}
+    result = train(config, seed=0, run_dir=tmp_path / "run", dataset=dataset)
+    assert result.final_metrics["final_val_loss"] < result.history[0]["val_loss"]
+    assert result.sample is None  # no text to sample
+    model_config = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["model_config"]
+    assert model_config["head"] == "regression" and model_config["n_features"] == 2
+

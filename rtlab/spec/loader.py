@@ -286,6 +286,10 @@ def parse_spec(
         locator.add((), f"the top level must be a mapping of keys, got {type(raw).__name__}")
         locator.raise_if_any()
 
+    # `grid:` or `claims:` left empty (e.g. every entry commented out) means none.
+    for key, empty in (("grid", {}), ("claims", [])):
+        if key in raw and raw[key] is None:
+            raw[key] = empty
     _apply_overrides(raw, overrides, locator)
     locator.raise_if_any()
 

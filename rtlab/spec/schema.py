@@ -24,7 +24,10 @@ SECTIONS = ("data", "model", "train")
 DATASET_DECIDES = ("vocab_size", "n_features")  # model fields taken from the dataset, not the spec
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # used in directory names and MLflow names
 
+ARM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: `--set variants.ARM...` splits on them
+
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+ArmName = Annotated[str, Field(pattern=ARM_PATTERN, max_length=100)]
 
 
 class Claim(BaseModel):
@@ -84,7 +87,7 @@ class SpecFile(BaseModel):
     description: Annotated[str, Field(min_length=1)]
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
     base: BaseSections
-    variants: Annotated[dict[Name, VariantOverride | None], Field(min_length=1)]
+    variants: Annotated[dict[ArmName, VariantOverride | None], Field(min_length=1)]
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     claims: list[Claim] = Field(default_factory=list)
     cost: str | None = None

@@ -186,3 +186,13 @@ def test_type_errors_speak_yaml_not_pydantic_class_names():
         load_spec(VALID, ["variants.baseline=3"])
     assert "should be a mapping" in str(info.value)
     assert "VariantOverride" not in str(info.value)
+
+
+def test_empty_grid_and_claims_mean_none():
+    spec = parse_spec(spec_text("grid:\nclaims:\n"), "e.yaml")
+    assert spec.grid == {} and spec.claims == [] and len(spec.grid_points()) == 1
+
+
+def test_arm_names_cannot_hold_dots():
+    with pytest.raises(SpecError, match=r"e.yaml:\d+:3: variants.a.b: invalid name 'a.b'"):
+        parse_spec(spec_text("  a.b: {}\n"), "e.yaml")

@@ -299,31 +299,54 @@ def parse_spec(
     except ValidationError as error:
         locator.add_issues((), issues_from_errors(error.errors(include_url=False), (), spec_tree()))
         locator.raise_if_any()
-
     for i, seed in enumerate(parsed.seeds):
         if seed in parsed.seeds[:i]:
             locator.add(("seeds", i), f"duplicate seed {seed}")
 
     # 2. Base sections.
     base = raw["base"]
-    _, issues = check_sections(base)
-    locator.add_issues(("base",), issues)
+    locator.add_issues(("base",), check_sections(base)[1])
     locator.raise_if_any()
 
     # 3. Arms: keys first (did-you-mean against base's schema), then base + override.
-    variants: dict[str, dict[str, Any]] = {}
-    for arm in parsed.variants:
-        written = {s: v for s, v in (raw["variants"][arm] or {}).items() if v}
-        variants[arm] = written
-        if not _check_override_keys(written, section_tree(), ("variants", arm), locator):
-            continue
-        merged = merge_sections(base, written)
-        _, issues = check_sections(merged)
-        locator.add_issues(("variants", arm), issues)
+    variants = {
+        arm: {s: v for s, v in (raw["variants"][arm] or {}).items() if v} for arm in parsed.variants
+    }
+    for arm, written in variants.items():
+        if _check_override_keys(written, section_tree(), ("variants", arm), locator):
+            locator.add_issues(("variants", arm), check_sections(merge_sections(base, written))[1])
     locator.raise_if_any()
 
-    # 4. Grid: keys, values, conflicts with arms, then every arm x grid point.
-    grid = parsed.grid
+    # 4. Grid keys and values.
+    _check_grid(parsed.grid, variants, locator)
+    locator.raise_if_any()
+
+    spec = ExperimentSpec(
+        name=parsed.name,
+        description=parsed.description,
+        seeds=list(parsed.seeds),
+        base=base,
+        variants=variants,
+        grid=dict(parsed.grid),
+        claims=list(parsed.claims),
+        cost=parsed.cost,
+        path=path,
+        text=text,
+        overrides=tuple(overrides),
+    )
+    # 5. Every arm x grid point, and no two of them the same config.
+    _check_runs(spec, locator)
+    locator.raise_if_any()
+
+    # 6. Claims name arms that exist and say which way they go.
+    _check_claims(spec, locator)
+    locator.raise_if_any()
+    return spec
+
+
+def _check_grid(
+    grid: dict[str, list[Any]], variants: dict[str, dict[str, Any]], locator: _Locator
+) -> None:
     for key, values in grid.items():
         if not _check_grid_key(key, locator):
             continue
@@ -339,29 +362,17 @@ def parse_spec(
                     ("variants", arm, *key.split(".")),
                     f"also swept by grid key '{key}': the grid value would replace it",
                 )
-    locator.raise_if_any()
 
-    spec = ExperimentSpec(
-        name=parsed.name,
-        description=parsed.description,
-        seeds=list(parsed.seeds),
-        base=base,
-        variants=variants,
-        grid=dict(grid),
-        claims=list(parsed.claims),
-        cost=parsed.cost,
-        path=path,
-        text=text,
-        overrides=tuple(overrides),
-    )
+
+def _check_runs(spec: ExperimentSpec, locator: _Locator) -> None:
     grid_index = {
-        key: {_canonical(v): j for j, v in enumerate(values)} for key, values in grid.items()
+        key: {_canonical(v): j for j, v in enumerate(values)} for key, values in spec.grid.items()
     }
-    seen_configs: dict[str, tuple[str, dict[str, Any]]] = {}
-    reported_pairs: set[tuple[str, str]] = set()
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    reported: set[tuple[str, str]] = set()
     # A bad grid value usually fails for every arm: say so once, listing the arms it fails for.
     failing_arms: dict[tuple[KeyPath, str], list[str]] = {}
-    for point in spec.grid_points() if grid else []:
+    for point in spec.grid_points():
         for arm in spec.arms:
             resolved, issues = check_sections(spec.merged(arm, point))
             where = ", ".join(f"{k}={v!r}" for k, v in point.items())
@@ -369,25 +380,20 @@ def parse_spec(
                 dotted = ".".join(str(p) for p in issue.loc)
                 if dotted in point:
                     at: KeyPath = ("grid", dotted, grid_index[dotted][_canonical(point[dotted])])
-                    failing_arms.setdefault((at, issue.message), [])
-                    if arm not in failing_arms[(at, issue.message)]:
-                        failing_arms[(at, issue.message)].append(arm)
+                    arms = failing_arms.setdefault((at, issue.message), [])
+                    if arm not in arms:
+                        arms.append(arm)
                 else:
                     at = ("variants", arm, *issue.loc)
                     locator.add(at, f"{issue.message} (arm '{arm}' at grid point {where})")
             if resolved is not None:
-                _note_duplicate(spec, arm, point, resolved, seen_configs, reported_pairs, locator)
+                _note_duplicate(arm, point, resolved, seen, reported, locator)
     for (at, message), arms in failing_arms.items():
         which = "every arm" if len(arms) == len(spec.arms) else "arm " + ", ".join(arms)
         locator.add(at, f"{message} (for {which})")
-    if not grid:
-        for arm in spec.arms:
-            resolved, _ = check_sections(spec.merged(arm))
-            if resolved is not None:
-                _note_duplicate(spec, arm, {}, resolved, seen_configs, reported_pairs, locator)
-    locator.raise_if_any()
 
-    # 5. Claims name arms that exist and say which way they go.
+
+def _check_claims(spec: ExperimentSpec, locator: _Locator) -> None:
     for i, claim in enumerate(spec.claims):
         for key in ("arm", "baseline_arm"):
             name = getattr(claim, key)
@@ -409,12 +415,9 @@ def parse_spec(
                     f"expect: {claim.expect} contradicts value {claim.value} vs baseline_value "
                     f"{claim.baseline_value}",
                 )
-    locator.raise_if_any()
-    return spec
 
 
 def _note_duplicate(
-    spec: ExperimentSpec,
     arm: str,
     point: dict[str, Any],
     resolved: dict[str, Any],

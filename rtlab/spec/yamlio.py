@@ -79,6 +79,14 @@ def _display(path: KeyPath) -> str:
     return out
 
 
+MAX_NODES = 20_000  # values after alias expansion; experiment files hold a few hundred
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: Node):
+        self.node = node
+
+
 class _Builder:
     """Builds plain Python values from a composed node tree, collecting problems as it goes."""
 
@@ -88,12 +96,16 @@ class _Builder:
         self.positions: dict[KeyPath, Located] = {}
         self.problems: list[Problem] = []
         self._active: set[int] = set()  # nodes being built: guards against recursive aliases
+        self._budget = MAX_NODES  # aliases can nest exponentially ("billion laughs")
 
     def problem(self, path: KeyPath, mark: Any, message: str) -> None:
         line, col = _position(mark)
         self.problems.append(Problem(self.file, _display(path), message, line, col))
 
     def build(self, node: Node, path: KeyPath, key_pos: tuple[int, int] | None) -> Any:
+        self._budget -= 1
+        if self._budget < 0:
+            raise _TooLarge(node)
         self.positions[path] = Located(key_pos, _position(node.start_mark))
         if node.tag not in _ALLOWED_TAGS:
             self.problem(
@@ -196,10 +208,19 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, Located], list[
             return None, {}, [Problem(file, "", f"invalid YAML: {message}", line, col)]
         except yaml.YAMLError as error:  # reader errors (bad characters) carry no mark
             return None, {}, [Problem(file, "", f"invalid YAML: {error}", 1, 1)]
+        except RecursionError:
+            return None, {}, [Problem(file, "", "invalid YAML: nested too deeply", 1, 1)]
         if node is None:
             return None, {(): Located(None, (1, 1))}, []
         builder = _Builder(loader, file)
-        data = builder.build(node, (), None)
+        try:
+            data = builder.build(node, (), None)
+        except RecursionError:
+            return None, {}, [Problem(file, "", "invalid YAML: nested too deeply", 1, 1)]
+        except _TooLarge as error:
+            line, col = _position(error.node.start_mark)
+            message = f"more than {MAX_NODES} values after expanding aliases: not an experiment"
+            return None, {}, [Problem(file, "", message, line, col)]
         return data, builder.positions, builder.problems
     finally:
         loader.dispose()

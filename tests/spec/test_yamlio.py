@@ -73,3 +73,17 @@ def test_override_values_are_read_as_yaml():
     assert parse_override_value("paper") == ("paper", None)
     value, error = parse_override_value("[0, 1")
     assert value is None and error is not None and "invalid YAML" in error
+
+
+def test_alias_bomb_is_refused_quickly():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    data, _, problems = parse_yaml("\n".join(lines) + "\n", "bomb.yaml")
+    assert data is None and len(problems) == 1 and "expanding aliases" in problems[0].message
+
+
+def test_absurd_nesting_is_an_error_not_a_crash():
+    _, _, problems = parse_yaml("a: " + "[" * 500 + "]" * 500 + "\n", "deep.yaml")
+    assert len(problems) == 1 and "nested too deeply" in problems[0].message

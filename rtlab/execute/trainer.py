@@ -330,15 +330,11 @@ def train(
         }
 
     def is_eval_step(s: int) -> bool:
-        return s == cfg.max_iters or (cfg.eval_interval > 0 and s % cfg.eval_interval == 0)
+        return s == cfg.max_iters or s % cfg.eval_interval == 0
 
     # ---- step 0: the untrained model, so every curve starts from the same place
     if step == 0 and not history:
-        metrics = eval_metrics(0) if is_eval_step(0) else {}
-        if cfg.max_iters == 0:
-            metrics.update(final_metrics(0, metrics))
-        if metrics:
-            report(0, metrics)
+        report(0, eval_metrics(0))
 
     # ---- the loop
     model.train()
@@ -379,7 +375,7 @@ def train(
 
         metrics: dict[str, float] = {}
         is_last = step == cfg.max_iters
-        if is_last or (cfg.log_interval > 0 and step % cfg.log_interval == 0):
+        if is_last or step % cfg.log_interval == 0:
             tokens_per_sec = log_tokens / log_seconds
             metrics.update({
                 "batch_loss": batch_loss,
@@ -397,7 +393,7 @@ def train(
             metrics.update(final_metrics(step, metrics))
         if metrics:
             report(step, metrics)
-        if cfg.checkpoint_interval > 0 and step % cfg.checkpoint_interval == 0 and not is_last:
+        if step % cfg.checkpoint_interval == 0 and not is_last:
             write_checkpoint(step)
 
     # ---- the end: a last checkpoint (resume point of a stopped run, result of a finished one)

@@ -237,7 +237,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         dropout_p = self.dropout if self.training else 0.0
 
-        if self.myopic != "off":
+        if self.myopic != "off" and torch.is_grad_enabled():
+            # (without autograd, myopic attention is ordinary causal attention: METHODS §3)
             y = self._myopic(x, q, k, v, dropout_p)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -254,21 +255,16 @@ class CausalSelfAttention(nn.Module):
     def _cut_kv(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """k~, v~: the keys/values past positions are read through, with their gradient cut.
 
-        strict: sg(k), sg(v). paper: W·sg(h) + b, written as sg(k) + (W·sg(h) - sg(W·sg(h))) so
-        its value is bit-identical to k (myopic logits == baseline logits) while W_K, W_V and
-        their biases still receive the off-diagonal gradient.
+        strict: sg(k), sg(v). paper: W·sg(h) + b, whose value is k's (so myopic logits equal the
+        baseline's bit for bit) and whose gradient reaches only W_K, W_V and their biases.
         """
         if self.myopic == "strict":
             return k.detach(), v.detach()
         B, T, C = x.size()
-        w_kv = self.c_attn.weight[C:]
-        b_kv = self.c_attn.bias[C:] if self.c_attn.bias is not None else None
-        kv_param = F.linear(x.detach(), w_kv, b_kv)
-        kv_param = kv_param - kv_param.detach()  # zero value, gradient only into W_K, W_V
-        k_param, v_param = kv_param.split(C, dim=2)
-        k_param = k_param.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v_param = v_param.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        return k.detach() + k_param, v.detach() + v_param
+        kv = torch.cat([k, v], dim=1).detach()  # (B, 2H, T, D), the values k~ and v~ take
+        bias = self.c_attn.bias[C:] if self.c_attn.bias is not None else None
+        kv = _KeyValueWeightPath.apply(kv, x.detach(), self.c_attn.weight[C:], bias)
+        return kv.split(self.n_head, dim=1)
 
     def _myopic(self, x, q, k, v, dropout_p: float) -> torch.Tensor:
         k_cut, v_cut = self._cut_kv(x, k, v)
@@ -282,6 +278,34 @@ class CausalSelfAttention(nn.Module):
             use_flex = self.attention_backend == "flex" or q.device.type == "cuda"
             return myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex)
         return myopic_attention_explicit(q, k, v, k_cut, v_cut, self.attn_dropout)
+
+
+class _KeyValueWeightPath(torch.autograd.Function):
+    """paper's k~, v~ = W_KV·sg(h) + b_KV without recomputing that matmul: the forward returns
+    the already computed (detached) k, v; the backward sends the gradient into W_KV and b_KV
+    only, as d(W·sg(h) + b) would."""
+
+    @staticmethod
+    def forward(ctx, kv_heads, h, weight, bias):
+        # kv_heads (B, 2H, T, D): heads of k then v; h (B, T, C) detached layer input
+        ctx.save_for_backward(h)
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return kv_heads.view_as(kv_heads)
+
+    @staticmethod
+    def backward(ctx, grad_heads):
+        (h,) = ctx.saved_tensors
+        B, H2, T, D = grad_heads.shape
+        k_grad, v_grad = grad_heads.split(H2 // 2, dim=1)
+        # back to the linear layer's output layout (B, T, 2C): k channels then v channels
+        grad_out = torch.cat(
+            [g.transpose(1, 2).reshape(B, T, -1) for g in (k_grad, v_grad)], dim=2
+        ).flatten(0, 1)
+        # in the activations' dtype (bf16 under autocast, like a linear layer's weight gradient)
+        grad_weight = (grad_out.t() @ h.flatten(0, 1).to(grad_out.dtype)).to(ctx.weight_dtype)
+        grad_bias = grad_out.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+        return None, None, grad_weight, grad_bias
 
 
 def myopic_attention_explicit(q, k, v, k_cut, v_cut, attn_dropout: nn.Module | None = None):
@@ -614,14 +638,20 @@ class GPT(nn.Module):
             )
         if temperature <= 0:
             raise ValueError(f"generate: temperature must be > 0, got {temperature}")
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -cfg.block_size :]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float() / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
+        # The length changes every step: dense masks, not a FlexAttention kernel per length.
+        backend = self.attention_backend
+        self.set_attention_backend("dense" if backend == "auto" else backend)
+        try:
+            for _ in range(max_new_tokens):
+                idx_cond = idx[:, -cfg.block_size :]
+                logits, _ = self(idx_cond)
+                logits = logits[:, -1, :].float() / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1)
+                idx = torch.cat((idx, idx_next), dim=1)
+        finally:
+            self.set_attention_backend(backend)
         return idx

@@ -32,3 +32,31 @@ def test_autocast_float32_is_a_no_op_and_bfloat16_casts_matmuls():
 
 def test_peak_flops_is_unknown_on_cpu():
     assert peak_flops(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {},
+        {"reasoning": {"n_tokens": 2, "delay": 1}},
+        {"myopic": "strict"},
+        {"myopic": "paper"},
+        {"myopic": "paper", "myopic_impl": "explicit"},
+    ],
+    ids=str,
+)
+def test_bfloat16_autocast_training_step_runs_in_every_mode(mode):
+    from rtlab.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    config = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, **mode)
+    model = GPT(GPTConfig.from_dict(config))
+    x = torch.randint(0, 64, (2, 16))
+    _, loss32 = model(x, x)
+    with autocast_context(torch.device("cpu"), "bfloat16"):
+        logits, loss = model(x, x)
+    assert logits.dtype == torch.bfloat16
+    assert loss.item() == pytest.approx(loss32.item(), rel=2e-2)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and g.isfinite().all() for g in grads)

@@ -27,7 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+
+# Without a terminal (a pipe, a log, a test), rich would assume 80 columns and squeeze tables.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -102,10 +104,14 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no bars.")] = False,
 ) -> None:
     """Run every unfinished run of an experiment, logged to MLflow; resume interrupted ones."""
+    phases = {"startup": time.perf_counter() - STARTED_AT}
+    prepare_start = time.perf_counter()
     prepared = prepare_or_exit(file, set_)
+    phases["prepare"] = time.perf_counter() - prepare_start
     if dry_run:
         show_plan(prepared, tracking_uri)
         return
+    audit_start = time.perf_counter()
     if not no_check:
         from rtlab.sweep import audit_experiment
 
@@ -115,11 +121,13 @@ def run(
             console.print(audit_table(audits))
             fail(f"{file}: refusing to run: {', '.join(failing)} failed the mechanism audit "
                  "(rtlab check shows why; --no-check skips it)", code=1)
+    phases["audit"] = time.perf_counter() - audit_start
     from rtlab.sweep import SweepOptions, run_sweep
 
     options = SweepOptions(workers=workers, force=force, tracking_uri=tracking_uri,
                            storage_url=storage, quiet=quiet)
-    summary = run_sweep(prepared, options, console=console, started_at=STARTED_AT)
+    summary = run_sweep(prepared, options, console=console, started_at=STARTED_AT,
+                        phases=phases)
     show_summary(summary, prepared)
     if summary.stopped:
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -190,6 +198,9 @@ def show_summary(summary: Any, prepared: Any) -> None:
             f"orchestration {shares['orchestration']:.1%} "
             f"(outside training steps: {outside:.1%})"
         )
+        breakdown = {**summary.phases, "per-run tracking": summary.tracking_seconds,
+                     "train setup/checkpoints/sample": summary.train_other_seconds}
+        console.print("seconds: " + " · ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
     console.print(f"tracking: {summary.tracking_uri}  (rtlab ui, or mlflow ui here)")
 
 
@@ -376,39 +387,49 @@ def worker(
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands of other parts, mounted when their module is present.
+# Commands of other parts, mounted when their module is present. They are imported only when
+# invoked: `rtlab report` pulls in pandas, scipy and matplotlib, which `rtlab run` does not need.
 
 
-def _optional(module: str, attribute: str) -> Any | None:
-    """An optional part's command, None if its module is not there.
-
-    A module that exists but fails to import gets a stand-in command that says why, so one
-    broken part never takes the whole CLI down.
-    """
-    try:
-        return getattr(importlib.import_module(module), attribute)
-    except ModuleNotFoundError as error:
-        if error.name and module.startswith(error.name):
-            return None
-        reason = f"{module}: {error}"
-    except Exception as error:  # a broken optional part
-        reason = f"{module}: {type(error).__name__}: {error}"
-
-    def unavailable() -> None:
-        fail(f"this command is unavailable: {reason}", code=1)
-
-    return unavailable if attribute != "data_app" else typer.Typer(callback=unavailable)
+def _module_present(module: str) -> bool:
+    """Whether rtlab/<...>.py or rtlab/<...>/ exists, without importing it (or its package)."""
+    relative = Path(*module.split(".")[1:])
+    package_root = Path(__file__).resolve().parent
+    return (package_root / relative).with_suffix(".py").exists() or (
+        package_root / relative / "__init__.py"
+    ).exists()
 
 
-data_app = _optional("rtlab.data.commands", "data_app")
-if data_app is not None:
-    app.add_typer(data_app, name="data")
-report_command = _optional("rtlab.report.commands", "report_command")
-if report_command is not None:
-    app.command("report")(report_command)
-reproduce_command = _optional("rtlab.reproduce", "reproduce_command")
-if reproduce_command is not None:
-    app.command("reproduce")(reproduce_command)
+def _mount(name: str, module: str, attribute: str, help_text: str) -> None:
+    """`rtlab NAME ...` imports `module.attribute` (a command function or a Typer app) and hands
+    it the rest of the command line, --help included."""
+    if not _module_present(module):
+        return
+
+    @app.command(
+        name,
+        help=help_text,
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def forward(ctx: typer.Context) -> None:
+        try:
+            target = getattr(importlib.import_module(module), attribute)
+        except Exception as error:  # a broken part must not take the whole CLI down
+            fail(f"rtlab {name} is unavailable: {module}: {type(error).__name__}: {error}", 1)
+        if not isinstance(target, typer.Typer):
+            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single.command()(target)
+            target = single
+        command = typer.main.get_command(target)
+        command.main(args=list(ctx.args), prog_name=f"rtlab {name}", standalone_mode=True)
+
+
+_mount("data", "rtlab.data.commands", "data_app", "Prepare and inspect datasets.")
+_mount("report", "rtlab.report.commands", "report_command",
+       "Write reports/<experiment>/: figures, tables, claims check, report.md and report.html.")
+_mount("reproduce", "rtlab.reproduce", "reproduce_command",
+       "Rerun a reported study into a fresh store and compare its final metrics with the report.")
 
 
 def main() -> None:  # `python -m rtlab.cli`

@@ -140,6 +140,9 @@ class SweepSummary:
     wall_seconds: float
     step_seconds: float  # summed over workers
     eval_seconds: float
+    tracking_seconds: float = 0.0  # per-run MLflow work outside train(), summed over workers
+    train_other_seconds: float = 0.0  # inside train() but outside steps and eval (setup, ckpt)
+    phases: dict[str, float] = field(default_factory=dict)  # main-process phases, seconds
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -189,6 +192,7 @@ def run_sweep(
     options: SweepOptions,
     console: Console | None = None,
     started_at: float | None = None,
+    phases: dict[str, float] | None = None,
 ) -> SweepSummary:
     """Create/open the stores, queue unfinished runs, run workers until the queue is empty."""
     import torch
@@ -204,6 +208,8 @@ def run_sweep(
     )
 
     started_at = time.perf_counter() if started_at is None else started_at
+    phases = dict(phases or {})
+    stores_start = time.perf_counter()
     spec, plans = prepared.spec, prepared.plans
     console = console or Console()
 
@@ -248,6 +254,7 @@ def run_sweep(
         ))
         pending.add(plan.config_hash)
     queued = sum(1 for h in plan_hashes if h in pending)
+    phases["stores"] = time.perf_counter() - stores_start
 
     # ---- workers
     n_workers = max(1, min(options.workers, queued)) if queued else 0
@@ -269,6 +276,7 @@ def run_sweep(
         process_stop.set()
         display.note("stopping: each run ends after its current step (Ctrl-C again to abort)")
 
+    workers_start = time.perf_counter()
     with display, _stop_on_signals(request_stop) as stop:
         if already_finished:
             display.note(f"{already_finished} of {len(plans)} runs already finished (skipped)")
@@ -278,6 +286,8 @@ def run_sweep(
             elif n_workers > 1:
                 _run_worker_processes(ctx, configs, display, process_stop, stop)
         finally:
+            phases["workers"] = time.perf_counter() - workers_start
+            finish_start = time.perf_counter()
             _recover_stale(study, client, handle.experiment_id)  # crashed workers' trials
             stopped = stop.is_set()
             runs = runs_by_hash(client, handle.experiment_id)
@@ -287,6 +297,7 @@ def run_sweep(
                 finish_parent(handle, "KILLED")
             else:
                 finish_parent(handle, "FAILED")
+            phases["finish"] = time.perf_counter() - finish_start
 
     outcomes = display.ended
     return SweepSummary(
@@ -302,6 +313,12 @@ def run_sweep(
         wall_seconds=time.perf_counter() - started_at,
         step_seconds=sum(o.get("step_seconds", 0.0) for o in outcomes),
         eval_seconds=sum(o.get("eval_seconds", 0.0) for o in outcomes),
+        tracking_seconds=sum(o.get("tracking_seconds", 0.0) for o in outcomes),
+        train_other_seconds=sum(
+            o.get("train_wall_seconds", 0.0) - o.get("step_seconds", 0.0)
+            - o.get("eval_seconds", 0.0) for o in outcomes
+        ),
+        phases=phases,
     )
 
 

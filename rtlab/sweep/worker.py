@@ -58,6 +58,7 @@ class RunOutcome:
     train_wall_seconds: float = 0.0
     step_seconds: float = 0.0
     eval_seconds: float = 0.0
+    tracking_seconds: float = 0.0  # opening, artifacts and ending the MLflow run (outside train)
 
 
 def handle_from_study(study: optuna.Study, tracking_uri: str | None) -> ExperimentHandle:
@@ -157,6 +158,7 @@ def run_trial(
     from rtlab.model.device import resolve_device
 
     worker = config.worker_index
+    tracking_start = time.perf_counter()
     client = MlflowClient(handle.tracking_uri)
     existing = find_run_by_hash(client, handle.experiment_id, run.config_hash)
     if existing is not None and existing.info.status == "FINISHED":
@@ -186,6 +188,7 @@ def run_trial(
     )
     study._storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", child.run_id)
     max_iters = int(train_section.get("max_iters", 0))
+    tracking_seconds = time.perf_counter() - tracking_start
     emit({
         "type": "start", "worker": worker, "run_name": run.run_name, "max_iters": max_iters,
         "resumed": child.resumed, "run_id": child.run_id,
@@ -217,6 +220,7 @@ def run_trial(
             run.config, run.seed, run_dir, datasets.get(run.config["data"]),
             on_metrics=on_metrics, on_checkpoint=on_checkpoint, should_stop=should_stop,
         )
+        tracking_start = time.perf_counter()
         if result.status == "stopped":
             status = "KILLED"
         else:
@@ -230,12 +234,14 @@ def run_trial(
             status = "FINISHED"
     except TrainingDiverged as error:
         reason = f"diverged: {error.reason}"
+        tracking_start = time.perf_counter()
     except KeyboardInterrupt:
         status, reason = "KILLED", None
         raise
     except Exception as error:  # a broken run must not end the sweep
         reason = f"{type(error).__name__}: {error}"
         (run_dir / "error.log").write_text(traceback.format_exc())
+        tracking_start = time.perf_counter()
     finally:
         heartbeat.stop()
         child.finish(status, reason)
@@ -246,7 +252,9 @@ def run_trial(
             study.tell(trial, values=final_val, state=TrialState.COMPLETE)
         else:
             study.tell(trial, state=TrialState.FAIL)
-    outcome = RunOutcome(run.run_name, run.config_hash, status, final_val, reason)
+    tracking_seconds += time.perf_counter() - tracking_start
+    outcome = RunOutcome(run.run_name, run.config_hash, status, final_val, reason,
+                         tracking_seconds=tracking_seconds)
     if status in ("FINISHED", "KILLED"):
         outcome.train_wall_seconds = result.wall_seconds
         outcome.step_seconds = result.step_seconds
@@ -254,7 +262,8 @@ def run_trial(
     emit({"type": "end", "worker": worker, "run_name": run.run_name, "status": status,
           "final_val_loss": final_val, "failure_reason": reason,
           "train_wall_seconds": outcome.train_wall_seconds,
-          "step_seconds": outcome.step_seconds, "eval_seconds": outcome.eval_seconds})
+          "step_seconds": outcome.step_seconds, "eval_seconds": outcome.eval_seconds,
+          "tracking_seconds": outcome.tracking_seconds})
     return outcome
 
 

@@ -42,13 +42,22 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
     An absolute path matters: workers and `rtlab ui` may run from another directory.
     """
-    import mlflow
-
     if uri:
         return absolute_uri(uri)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return absolute_uri(os.environ["MLFLOW_TRACKING_URI"])
-    return absolute_uri(mlflow.get_tracking_uri())
+    return absolute_uri(mlflow_default_uri())
+
+
+def mlflow_default_uri() -> str:
+    """What MLflow itself uses here with no URI set (`mlflow ui` included): sqlite:///mlflow.db,
+    or ./mlruns where an old file store already lives. Not `mlflow.get_tracking_uri()`: that
+    returns whatever `mlflow.set_tracking_uri` set earlier in this process."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _get_default_tracking_uri
+    except ImportError:  # a future MLflow moved it: its documented default
+        return DEFAULT_TRACKING_URI
+    return _get_default_tracking_uri()
 
 
 def absolute_uri(uri: str) -> str:

@@ -1,0 +1,1 @@
+from cli.tiny import workdir  # noqa: F401  (the fixture)

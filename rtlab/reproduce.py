@@ -249,7 +249,7 @@ def compare_runs(
     if tolerance < 0 or not math.isfinite(tolerance):
         raise ReproduceError(f"--tolerance must be a finite number >= 0, got {tolerance}")
     rows = []
-    for record in recorded:
+    for record in sorted(recorded, key=lambda run: (run.run_name, run.config_hash)):
         again = reproduced.get(record.config_hash)
         row = RunComparison(
             config_hash=record.config_hash,

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The Docker part of CI: install and start a Docker engine, build a local base image
+# (debootstrap + docker import: no Docker Hub here), build the CPU image, run a tiny study
+# inside it with the lab directory on a mounted volume, check from the host that the report
+# and the MLflow runs are there, and require `rtlab reproduce` inside the container to say
+# "identical". Prints the time of each phase. Stops the engine it started, whatever happens.
+#
+# Usage: scripts/docker_ci.sh            (as root, from anywhere in the repository)
+# Env:   RTLAB_DOCKER_CACHE   cache folder kept between runs (default /var/cache/rtlab-docker):
+#                             base rootfs tarball and wheelhouse
+#        RTLAB_IMAGE          image tag to build (default rtlab:ci)
+#        RTLAB_HOST_CHECK     1: also reproduce the container's report on the host
+#                             (needs .venv with rtlab) to show host == container bit for bit
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+cache_dir="${RTLAB_DOCKER_CACHE:-/var/cache/rtlab-docker}"
+image="${RTLAB_IMAGE:-rtlab:ci}"
+base_image="rtlab-base:bookworm"
+study_file="tests/reproduce/tiny_study.yaml"
+study_name="tiny_repro"
+run_dir="$(mktemp -d /tmp/rtlab-docker-ci.XXXXXX)"
+# Logs of the engine and the build outlive the run, for a look after a failure.
+log_dir="$cache_dir/logs"
+mkdir -p "$log_dir"
+# Debian's client: the machine's own /usr/local/bin/docker is a newer CLI without buildx,
+# whose `docker build` refuses BuildKit; the Debian client matches the Debian engine.
+docker_cmd=/usr/bin/docker
+export DOCKER_BUILDKIT=1
+
+declare -a timings=()
+phase_start=$SECONDS
+phase() {  # phase NAME: close the previous phase's timer, open NAME's
+  local now=$SECONDS
+  if [[ -n "${current_phase:-}" ]]; then
+    timings+=("$(printf '%-28s %5d s' "$current_phase" $((now - phase_start)))")
+  fi
+  current_phase="$1"
+  phase_start=$now
+  [[ -n "$1" ]] && echo "=== docker-ci: $1"
+  return 0
+}
+total_start=$SECONDS
+
+started_engine=""
+cleanup() {
+  local status=$?
+  phase ""
+  if [[ -n "$started_engine" ]]; then
+    echo "=== docker-ci: stopping the engine (pid $started_engine)"
+    kill "$started_engine" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$started_engine" 2>/dev/null || break; sleep 1; done
+    kill -9 "$started_engine" 2>/dev/null || true
+  fi
+  rm -rf "$run_dir"
+  echo "=== docker-ci timings"
+  for line in "${timings[@]}"; do echo "  $line"; done
+  printf '  %-28s %5d s\n' "total" $((SECONDS - total_start))
+  [[ $status -eq 0 ]] && echo "docker-ci: PASSED" || echo "docker-ci: FAILED (exit $status)"
+  exit $status
+}
+trap cleanup EXIT
+
+fail() { echo "docker-ci: error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- engine
+phase "install engine"
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
+  || ! [[ -x $docker_cmd ]]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+
+phase "start engine"
+if ! $docker_cmd info >/dev/null 2>&1; then
+  # No bridge network and no iptables rules: containers use --network none (the study) or
+  # host (the build's pip, only when no wheelhouse); nothing gets a private-range address.
+  dockerd --bridge=none --iptables=false --ip6tables=false \
+    >"$log_dir/dockerd.log" 2>&1 &
+  started_engine=$!
+  for _ in $(seq 1 60); do
+    $docker_cmd info >/dev/null 2>&1 && break
+    kill -0 "$started_engine" 2>/dev/null || { cat "$log_dir/dockerd.log" >&2; fail "dockerd died"; }
+    sleep 1
+  done
+  $docker_cmd info >/dev/null 2>&1 || { tail -20 "$log_dir/dockerd.log" >&2; fail "dockerd not ready"; }
+fi
+$docker_cmd version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
+
+# ---------------------------------------------------------------- images
+phase "base image"
+RTLAB_DOCKER_CACHE="$cache_dir" DOCKER=$docker_cmd scripts/make_base_image.sh "$base_image"
+
+phase "wheelhouse"
+# The lock's wheels, fetched on the host with the host's pip configuration (its index, its CA,
+# the local CPU torch wheel), kept in the cache; the image then installs with --no-index.
+python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+  || fail "the wheelhouse needs the host's python3 to be 3.11 (the image's Python)"
+mkdir -p "$cache_dir/wheels"
+rm -rf docker/context/wheels docker/context/ca.pem
+# Exactly the pinned files into the build context, from the cache alone when it has them all
+# (no network); otherwise fetch the missing ones into the cache first.
+copy_pinned() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --no-index \
+    --find-links "$cache_dir/wheels" -d docker/context/wheels -r docker/requirements.lock "$@"
+}
+if ! copy_pinned 2>/dev/null; then
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$cache_dir/wheels" \
+    -r docker/requirements.lock 2> >(grep -v "is ignored: it is neither a file nor" >&2)
+  copy_pinned
+fi
+echo "$(ls docker/context/wheels | wc -l) wheels, $(du -sh docker/context/wheels | cut -f1)"
+
+phase "build image"
+$docker_cmd build --network host -f docker/Dockerfile \
+  --build-arg BASE_IMAGE="$base_image" \
+  --build-arg GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+  -t "$image" . >"$log_dir/build.log" 2>&1 || { tail -40 "$log_dir/build.log" >&2; fail "build"; }
+grep -E '^#[0-9]+ (CACHED|DONE [0-9.]+s)' "$log_dir/build.log" | tail -3 || true
+$docker_cmd image ls "$image" --format 'image {{.Repository}}:{{.Tag}} {{.Size}}'
+
+phase "image checks"
+$docker_cmd run --rm --network none "$image" --help >"$run_dir/help.txt" \
+  || fail "rtlab --help failed in the image"
+grep -q reproduce "$run_dir/help.txt" || fail "rtlab --help does not list reproduce"
+user_id="$($docker_cmd run --rm --network none --entrypoint id "$image" -u)"
+[[ "$user_id" != 0 ]] || fail "the image runs as root"
+echo "runs as uid $user_id"
+# Nothing of the build context's extras, tests, caches or run state may be in the image.
+leftovers="$($docker_cmd run --rm --network none --entrypoint sh "$image" -c '
+  ls -d /ctx /src /root/.cache /home/rtlab/.cache 2>/dev/null
+  find / -xdev \( -name "mlflow.db" -o -name ".rtlab" -o -name "mlartifacts" -o -name "*.whl" \
+    -o -name ".git" -o -name "test_*.py" -path "/opt/rtlab/lib/*/rtlab/*" \) \
+    -not -path "/usr/share/python-wheels/*" -print 2>/dev/null
+  find /work /data -mindepth 1')"
+[[ "$leftovers" == "/work/reports" ]] || { echo "$leftovers" >&2; fail "unexpected files in image"; }
+$docker_cmd history --no-trunc --format '{{.CreatedBy}}' "$image" >"$run_dir/history.txt"
+if grep -Eiq 'ca\.pem|wheels|secret|password' "$run_dir/history.txt"; then
+  fail "image history mentions build-only files or secrets"
+fi
+echo "image holds no build extras, caches, tests or run state"
+
+# ---------------------------------------------------------------- tiny study in the container
+phase "run study (container)"
+lab="$run_dir/lab"
+mkdir -p "$lab/reports" "$run_dir/data"
+cp "$study_file" "$lab/$(basename "$study_file")"
+chown -R "$user_id" "$lab" "$run_dir/data"
+in_container() {
+  $docker_cmd run --rm --network none -v "$lab:/work" -v "$run_dir/data:/data" "$image" "$@"
+}
+in_container run --quiet "$(basename "$study_file")"
+
+phase "report (container)"
+in_container report "$(basename "$study_file")"
+
+phase "host checks"
+manifest="$lab/reports/$study_name/manifest.json"
+[[ -s "$manifest" && -s "$lab/reports/$study_name/report.md" ]] || fail "no report on the host"
+[[ -s "$lab/mlflow.db" ]] || fail "no MLflow store on the host"
+python3 - "$lab/mlflow.db" "$manifest" <<'EOF'
+import json, sqlite3, sys
+store, manifest = sys.argv[1], json.load(open(sys.argv[2]))
+rows = sqlite3.connect(store).execute(
+    "select r.status, count(*) from runs r join tags t on t.run_uuid = r.run_uuid"
+    " where t.key = 'rtlab.role' and t.value = 'child' group by r.status").fetchall()
+finished = dict(rows).get("FINISHED", 0)
+print(f"MLflow store on the host: child runs by status {dict(rows)}; manifest runs "
+      f"{len(manifest['runs'])}")
+assert finished == len(manifest["runs"]) == 4, "expected 4 finished child runs"
+EOF
+
+phase "reproduce (container)"
+in_container reproduce "reports/$study_name" --json "reports/reproduce.json" | tee "$run_dir/reproduce.txt"
+grep -q '^verdict: identical' "$run_dir/reproduce.txt" || fail "reproduce did not say identical"
+
+if [[ "${RTLAB_HOST_CHECK:-0}" == 1 && -x .venv/bin/rtlab ]]; then
+  phase "reproduce (host)"
+  (cd "$lab" && "$repo/.venv/bin/rtlab" reproduce "reports/$study_name") | tee "$run_dir/host.txt"
+  grep -q '^verdict: identical' "$run_dir/host.txt" \
+    || fail "host rerun of the container's report is not identical"
+fi
+rm -rf docker/context/wheels

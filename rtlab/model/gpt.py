@@ -231,7 +231,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
         """mask: None (plain causal), a dense bool (P, P) tensor, or a FlexAttention BlockMask."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        qkv = self.c_attn(x)
+        q, k, v = qkv.split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
@@ -239,7 +240,7 @@ class CausalSelfAttention(nn.Module):
 
         if self.myopic != "off" and torch.is_grad_enabled():
             # (without autograd, myopic attention is ordinary causal attention: METHODS §3)
-            y = self._myopic(x, q, k, v, dropout_p)
+            y = self._myopic(x, qkv, q, k, v, dropout_p)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif isinstance(mask, torch.Tensor):
@@ -252,7 +253,7 @@ class CausalSelfAttention(nn.Module):
 
     # -- myopic training (METHODS §3) ------------------------------------------------------------
 
-    def _cut_kv(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def _cut_kv(self, x: torch.Tensor, qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """k~, v~: the keys/values past positions are read through, with their gradient cut.
 
         strict: sg(k), sg(v). paper: W·sg(h) + b, whose value is k's (so myopic logits equal the
@@ -261,13 +262,17 @@ class CausalSelfAttention(nn.Module):
         if self.myopic == "strict":
             return k.detach(), v.detach()
         B, T, C = x.size()
-        kv = torch.cat([k, v], dim=1).detach()  # (B, 2H, T, D), the values k~ and v~ take
         bias = self.c_attn.bias[C:] if self.c_attn.bias is not None else None
-        kv = _KeyValueWeightPath.apply(kv, x.detach(), self.c_attn.weight[C:], bias)
-        return kv.split(self.n_head, dim=1)
+        kv = _KeyValueWeightPath.apply(
+            qkv[..., C:].detach(), x.detach(), self.c_attn.weight[C:], bias
+        )
+        k_cut, v_cut = kv.split(C, dim=2)
+        k_cut = k_cut.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v_cut = v_cut.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        return k_cut, v_cut
 
-    def _myopic(self, x, q, k, v, dropout_p: float) -> torch.Tensor:
-        k_cut, v_cut = self._cut_kv(x, k, v)
+    def _myopic(self, x, qkv, q, k, v, dropout_p: float) -> torch.Tensor:
+        k_cut, v_cut = self._cut_kv(x, qkv, k, v)
         impl = self.myopic_impl
         if impl == "auto":
             impl = "fused" if dropout_p == 0.0 and fused_myopic_available(q) else "explicit"
@@ -286,22 +291,17 @@ class _KeyValueWeightPath(torch.autograd.Function):
     only, as d(W·sg(h) + b) would."""
 
     @staticmethod
-    def forward(ctx, kv_heads, h, weight, bias):
-        # kv_heads (B, 2H, T, D): heads of k then v; h (B, T, C) detached layer input
+    def forward(ctx, kv, h, weight, bias):
+        # kv (B, T, 2C): the k and v channels of c_attn's output; h (B, T, C) detached input
         ctx.save_for_backward(h)
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        return kv_heads.view_as(kv_heads)
+        return kv.view_as(kv)
 
     @staticmethod
-    def backward(ctx, grad_heads):
+    def backward(ctx, grad_kv):
         (h,) = ctx.saved_tensors
-        B, H2, T, D = grad_heads.shape
-        k_grad, v_grad = grad_heads.split(H2 // 2, dim=1)
-        # back to the linear layer's output layout (B, T, 2C): k channels then v channels
-        grad_out = torch.cat(
-            [g.transpose(1, 2).reshape(B, T, -1) for g in (k_grad, v_grad)], dim=2
-        ).flatten(0, 1)
+        grad_out = grad_kv.flatten(0, 1)
         # in the activations' dtype (bf16 under autocast, like a linear layer's weight gradient)
         grad_weight = (grad_out.t() @ h.flatten(0, 1).to(grad_out.dtype)).to(ctx.weight_dtype)
         grad_bias = grad_out.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
@@ -361,15 +361,35 @@ def myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex: bool = False):
     where a = exp(s_jj - lse_j) carries no gradient. Using (k - k~), (v - v~) instead of
     (k - sg k) makes the same formula right for `paper`, whose y0 already sent the diagonal's
     share of the W_K, W_V gradient through k~, v~ (METHODS §3 gives the strict special case).
+    The zero-valued terms are applied by _DiagonalGradient's backward, so the forward pass
+    costs exactly one attention call.
     """
     scale = 1.0 / math.sqrt(q.size(-1))
     y0, lse = _attention_with_lse(q, k_cut, v_cut, use_flex)
-    q_d, k_d, v_d, y0_d = q.detach(), k.detach(), v.detach(), y0.detach()
-    acc = torch.promote_types(q.dtype, torch.float32)  # a_jj in >= fp32 even under bf16 autocast
-    diag_scores = (q_d.to(acc) * k_d.to(acc)).sum(-1) * scale
-    a = torch.exp(diag_scores - lse.to(acc)).to(q.dtype).unsqueeze(-1)  # (B, H, T, 1)
-    k_live = ((q_d * (k - k_cut)).sum(-1, keepdim=True)) * scale  # zero value, live gradient
-    return y0 + a * (v - v_cut) + a * (v_d - y0_d) * k_live
+    return _DiagonalGradient.apply(y0, q.detach(), k, v, k_cut, v_cut, lse, scale)
+
+
+class _DiagonalGradient(torch.autograd.Function):
+    """Identity on y0 whose backward adds the gradient of the two zero-valued terms of
+    myopic_attention_fused: for upstream g,
+        dv += a g,  dk += a scale <g, v - y0> q,  and the negatives into v~, k~."""
+
+    @staticmethod
+    def forward(ctx, y0, q, k, v, k_cut, v_cut, lse, scale):
+        ctx.save_for_backward(y0.detach(), q, k.detach(), v.detach(), lse)
+        ctx.scale = scale
+        return y0.view_as(y0)
+
+    @staticmethod
+    def backward(ctx, g):
+        y0, q, k, v, lse = ctx.saved_tensors
+        acc = torch.promote_types(q.dtype, torch.float32)  # a_jj in >= fp32 under bf16 autocast
+        diag_scores = (q.to(acc) * k.to(acc)).sum(-1) * ctx.scale
+        a = torch.exp(diag_scores - lse.to(acc)).unsqueeze(-1)  # (B, H, T, 1)
+        dv = (a * g.to(acc)).to(v.dtype)
+        coeff = a * ctx.scale * (g.to(acc) * (v.to(acc) - y0.to(acc))).sum(-1, keepdim=True)
+        dk = (coeff * q.to(acc)).to(k.dtype)
+        return g, None, dk, dv, -dk, -dv, None, None
 
 
 _flex_mask_cache: dict[tuple, Any] = {}

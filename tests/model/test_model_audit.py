@@ -53,6 +53,6 @@ def test_audit_catches_a_leaky_mask():
 def test_audit_catches_myopic_attention_that_is_not_myopic():
     model = tiny_model(block_size=6, myopic="strict")
     for block in model.transformer.h:
-        block.attn._cut_kv = lambda x, k, v: (k, v)  # forget the stop-gradients
+        block.attn._cut_kv = lambda x, qkv, k, v: (k, v)  # forget the stop-gradients
     failed = {r.name for r in audit_model(model) if not r.passed}
     assert "myopic_gradient" in failed

@@ -118,7 +118,7 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"unknown model field(s): {', '.join(unknown)}")
         d = dict(d)
-        reasoning = d.get("reasoning", {})
+        reasoning = d.get("reasoning") or {}  # a YAML `reasoning:` with nothing under it
         if isinstance(reasoning, dict):
             known_r = {f.name for f in dataclasses.fields(ReasoningConfig)}
             unknown_r = sorted(set(reasoning) - known_r)

@@ -124,16 +124,23 @@ def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
         if not names:
             return None
         chosen = "spec.yaml" if "spec.yaml" in names else sorted(names)[0]
+        label = data.parent_run.data.tags.get("rtlab.spec_path") or f"parent run: {chosen}"
         with tempfile.TemporaryDirectory() as scratch:
             local = download_artifacts(run_id=data.parent_run.info.run_id, artifact_path=chosen,
                                        dst_path=scratch, tracking_uri=data.tracking_uri)
             text = Path(local).read_text()
+            try:  # validated, so claims get the schema's defaults (expect, baseline_arm)
+                info = load_spec_info(Path(local))
+                info.path = label
+                return info
+            except ReportError:
+                pass
         raw = yaml.safe_load(text)
     except Exception:  # noqa: BLE001 - the spec text is a nicety here, never a reason to fail
         return None
     if not isinstance(raw, dict):
         return None
-    return _spec_info_from(raw, f"parent run artifact {chosen}", text)
+    return _spec_info_from(raw, label, text)
 
 
 # ---- arms -------------------------------------------------------------------------------------

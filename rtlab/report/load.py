@@ -187,11 +187,21 @@ def _tokens_per_step(params: dict[str, str]) -> float:
     return batch * accum * block
 
 
+def _resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """The tracker's resolution (given, else $MLFLOW_TRACKING_URI, else MLflow's default, made
+    absolute), so `rtlab report` reads the store `rtlab run` wrote."""
+    try:
+        from rtlab.track import resolve_tracking_uri
+    except ImportError:  # track absent in a partial checkout: MLflow's own resolution
+        import mlflow
+
+        return tracking_uri or mlflow.get_tracking_uri()
+    return resolve_tracking_uri(tracking_uri)
+
+
 def load_experiment(experiment_name: str, tracking_uri: str | None) -> ExperimentData:
     """Read one experiment's parent and child runs; raise ReportError when there is nothing."""
-    import mlflow  # the resolved default URI (env var or MLflow's default) when none is given
-
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    uri = _resolve_tracking_uri(tracking_uri)
     check_store_exists(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
@@ -210,10 +220,10 @@ def load_experiment(experiment_name: str, tracking_uri: str | None) -> Experimen
         or (r.data.tags.get("rtlab.role") != PARENT and "mlflow.parentRunId" in r.data.tags)
     ]
     parents.sort(key=lambda r: r.info.start_time or 0)
-    parent = parents[-1] if parents else None
+    parent = parents[0] if parents else None  # the tracker reuses the first one, so do we
     if len(parents) > 1:
         messages.append(
-            f"{len(parents)} parent runs found; report artifacts go to the latest "
+            f"{len(parents)} parent runs found; report artifacts go to the first "
             f"({parent.info.run_id}); child runs of all of them are included."
         )
     if parent is None:
@@ -332,15 +342,31 @@ def _with_tokens_and_flops(
     out = own.copy()
     tokens_series = _series(own, "tokens_seen")
     if len(tokens_series):
-        out["tokens"] = np.interp(steps, tokens_series["step"], tokens_series["value"])
+        out["tokens"] = _counter_at(steps, tokens_series)
     else:
         out["tokens"] = steps * _tokens_per_step(params)
     flops_series = _series(own, "flops_seen")
     if len(flops_series):
-        out["flops"] = np.interp(steps, flops_series["step"], flops_series["value"])
+        out["flops"] = _counter_at(steps, flops_series)
     else:
         out["flops"] = out["tokens"] * flops_per_token
     return out
+
+
+def _counter_at(steps: np.ndarray, series: pd.DataFrame) -> np.ndarray:
+    """A cumulative counter (tokens/FLOPs seen) at arbitrary steps: linear between logged steps,
+    0 at step 0 (nothing trained yet; trackers log it from the first log step on), and extended
+    past the last logged step at the last rate."""
+    x = series["step"].to_numpy(dtype=float)
+    y = series["value"].to_numpy(dtype=float)
+    if x[0] > 0:
+        x, y = np.concatenate([[0.0], x]), np.concatenate([[0.0], y])
+    values = np.interp(steps, x, y)
+    beyond = steps > x[-1]
+    if beyond.any() and x[-1] > x[0]:
+        rate = (y[-1] - y[-2]) / (x[-1] - x[-2])
+        values[beyond] = y[-1] + rate * (steps[beyond] - x[-1])
+    return values
 
 
 def _mark_included(runs: pd.DataFrame, messages: list[str]) -> pd.DataFrame:

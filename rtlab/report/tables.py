@@ -258,7 +258,8 @@ def runs_markdown_rows(runs: pd.DataFrame, has_grid: bool) -> tuple[list[str], l
     for _, row in runs.iterrows():
         status = row["status"]
         if row["failure_reason"]:
-            status = f"{status}: {row['failure_reason']}"
+            reason = str(row["failure_reason"]).strip().splitlines()[0]
+            status = f"{status}: {reason[:120]}{'…' if len(reason) > 120 else ''}"
         rows.append(
             [row["run_name"], row["arm"]] + ([row["grid_label"]] if has_grid else []) + [
                 "—" if row["seed"] is None or pd.isna(row["seed"]) else int(row["seed"]),

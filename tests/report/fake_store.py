@@ -97,18 +97,24 @@ def log_experiment(
         now = int(time.time() * 1000)
         metrics = []
         last_step = run.steps if run.status == "FINISHED" else run.steps // 2
+        # As the tracker logs them: counters and the minibatch loss from the first log step on
+        # (nothing trained at step 0), train/val loss estimates at eval steps (step 0 included).
         for step in range(0, last_step + 1, run.log_interval):
             tokens = step * run.tokens_per_step
-            metrics += [
-                Metric("train_loss", _curve(run.final_train, step, run.steps), now, step),
-                Metric("lr", 1e-3, now, step),
-                Metric("tokens_seen", float(tokens), now, step),
-                Metric("flops_seen", float(tokens) * run.flops_per_token, now, step),
-                Metric("tokens_per_sec", run.tokens_per_sec, now, step),
-            ]
+            if step > 0:
+                metrics += [
+                    Metric("batch_loss", _curve(run.final_train, step, run.steps) + 0.01, now,
+                           step),
+                    Metric("lr", 1e-3, now, step),
+                    Metric("tokens_seen", float(tokens), now, step),
+                    Metric("flops_seen", float(tokens) * run.flops_per_token, now, step),
+                    Metric("tokens_per_sec", run.tokens_per_sec, now, step),
+                ]
             if step % run.eval_interval == 0:
-                metrics.append(Metric("val_loss", _curve(run.final_val, step, run.steps), now,
-                                      step))
+                metrics += [
+                    Metric("train_loss", _curve(run.final_train, step, run.steps), now, step),
+                    Metric("val_loss", _curve(run.final_val, step, run.steps), now, step),
+                ]
         if run.status == "FINISHED" and run.log_final_metrics:
             best = run.final_val if run.best_val is None else run.best_val
             metrics += [

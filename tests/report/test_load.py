@@ -26,9 +26,10 @@ def test_tidy_history_has_one_row_per_run_metric_step_with_tokens_and_flops(stor
     val = history[(history["run_id"] == run_id) & (history["metric"] == "val_loss")]
     logged_val = client.get_metric_history(run_id, "val_loss")
     assert sorted(val["step"]) == sorted(m.step for m in logged_val)
+    assert 0 in set(val["step"]) and 0 not in logged_tokens  # as the tracker logs them
     for _, row in val.iterrows():
-        assert row["tokens"] == logged_tokens[row["step"]]
-        assert row["flops"] == logged_flops[row["step"]]
+        assert row["tokens"] == logged_tokens.get(row["step"], 0.0)  # step 0: nothing seen yet
+        assert row["flops"] == logged_flops.get(row["step"], 0.0)
         assert row["arm"] == "reason1" and row["seed"] == 0
 
 

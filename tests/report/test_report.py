@@ -103,7 +103,8 @@ def test_matched_compute_interpolates_each_run_at_the_common_budget(
         run_id = store.ids["known"][f"reason1-s{seed}"]
         val = sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)
         flops = {m.step: m.value for m in client.get_metric_history(run_id, "flops_seen")}
-        values.append(np.interp(budget, [flops[m.step] for m in val], [m.value for m in val]))
+        x = [flops.get(m.step, 0.0) for m in val]  # nothing seen at step 0
+        values.append(np.interp(budget, x, [m.value for m in val]))
     assert at_flops.loc["reason1", "val_loss_mean"] == pytest.approx(np.mean(values), rel=1e-12)
     baseline_final = known_values("baseline", "final_val_loss").mean()
     assert at_flops.loc["baseline", "val_loss_mean"] == pytest.approx(baseline_final)

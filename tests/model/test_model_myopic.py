@@ -91,3 +91,19 @@ def test_auto_uses_explicit_when_attention_dropout_is_on():
     torch.manual_seed(1)
     logits_b, _ = model(x, y)
     assert not torch.equal(logits_a, logits_b)  # dropout is really applied
+
+
+@pytest.mark.parametrize("myopic", ["strict", "paper"])
+def test_torch_compile_traces_the_fused_myopic_backward(myopic):
+    """Dynamo + AOTAutograd (the part of torch.compile that must understand the custom autograd
+    Functions) give the eager gradients; inductor codegen itself is exercised in tests/gpu."""
+    eager = tiny_model(seed=9, myopic=myopic, myopic_impl="fused")
+    compiled_twin = tiny_model(seed=9, myopic=myopic, myopic_impl="fused")
+    compiled = torch.compile(compiled_twin, backend="aot_eager", fullgraph=False)
+    x, y = tiny_batch(eager)
+    g_eager = parameter_grads(eager, x, y)
+    compiled_twin.zero_grad(set_to_none=True)
+    _, loss = compiled(x, y)
+    loss.backward()
+    for name, p in compiled_twin.named_parameters():
+        torch.testing.assert_close(p.grad, g_eager[name], rtol=1e-10, atol=1e-13, msg=name)

@@ -172,6 +172,10 @@ def run_trial(
         return RunOutcome(run.run_name, run.config_hash, "SKIPPED", value)
 
     run_dir = run_dir_for(config.state_dir, run.config_hash)
+    if existing is None:
+        # A checkpoint belongs to the MLflow run that wrote it: a new run (another store, a
+        # deleted run) must not continue someone else's training and skip its metrics.
+        reset_run_dir(config.state_dir, run.config_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_section = run.config.get("train", {})
     device = str(resolve_device(train_section.get("device", "auto")))
@@ -196,9 +200,15 @@ def run_trial(
 
     last_emit = [0.0]
     last_loss: dict[str, float] = {}
+    checkpoint_interval = int(train_section.get("checkpoint_interval", 0) or 0)
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
         child.log_metrics(step, metrics)
+        # The trainer writes a step's checkpoint right after reporting its metrics, and a
+        # resumed run re-emits only steps after its checkpoint: so the metrics must be in the
+        # store before that checkpoint file can exist (the one blocking write, at checkpoints).
+        if step == max_iters or (checkpoint_interval and step % checkpoint_interval == 0):
+            child.metrics.flush()
         for key in ("batch_loss", "train_loss", "val_loss", "tokens_per_sec"):
             if key in metrics:
                 last_loss[key] = metrics[key]
@@ -208,17 +218,18 @@ def run_trial(
             emit({"type": "step", "worker": worker, "run_name": run.run_name, "step": step,
                   "metrics": dict(last_loss), "eval": "val_loss" in metrics})
 
-    def on_checkpoint(step: int, path: Path) -> None:
-        # Metrics up to a checkpoint must be in the store before it counts as a resume point:
-        # a resumed run re-emits only the steps after it.
-        child.metrics.flush()
+    def stop_requested() -> bool:
+        if should_stop():
+            child.metrics.flush()  # a stopped run writes its resume checkpoint next
+            return True
+        return False
 
     heartbeat = _Heartbeat(study, trial)
     status, reason = "FAILED", None
     try:
         result = train(
             run.config, run.seed, run_dir, datasets.get(run.config["data"]),
-            on_metrics=on_metrics, on_checkpoint=on_checkpoint, should_stop=should_stop,
+            on_metrics=on_metrics, should_stop=stop_requested,
         )
         tracking_start = time.perf_counter()
         if result.status == "stopped":

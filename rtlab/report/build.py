@@ -6,6 +6,7 @@ failure never leaves a half-written report behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -50,6 +52,7 @@ class SpecInfo:
     description: str = ""
     arms: list[str] = field(default_factory=list)
     claims: list[object] = field(default_factory=list)
+    origin: str = ""  # where the text came from, in words, when not a file given by the user
 
 
 @dataclass
@@ -110,6 +113,21 @@ def load_spec_info(spec_path: Path) -> SpecInfo:
     return _spec_info_from(raw, str(spec_path), text)
 
 
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a download progress bar on stderr; one small file does not need it."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
     """The spec YAML the tracker may have logged on the parent run, read without validation."""
     if data.parent_run is None:
@@ -124,14 +142,16 @@ def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
         if not names:
             return None
         chosen = "spec.yaml" if "spec.yaml" in names else sorted(names)[0]
-        label = data.parent_run.data.tags.get("rtlab.spec_path") or f"parent run: {chosen}"
-        with tempfile.TemporaryDirectory() as scratch:
+        label = data.parent_run.data.tags.get("rtlab.spec_path")  # the file `rtlab run` read
+        origin = f"the parent run's artifact {chosen}" + (f" (logged from {label})" if label
+                                                           else "")
+        with tempfile.TemporaryDirectory() as scratch, _no_progress_bar():
             local = download_artifacts(run_id=data.parent_run.info.run_id, artifact_path=chosen,
                                        dst_path=scratch, tracking_uri=data.tracking_uri)
             text = Path(local).read_text()
             try:  # validated, so claims get the schema's defaults (expect, baseline_arm)
                 info = load_spec_info(Path(local))
-                info.path = label
+                info.path, info.origin = label, origin
                 return info
             except ReportError:
                 pass
@@ -140,7 +160,9 @@ def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
         return None
     if not isinstance(raw, dict):
         return None
-    return _spec_info_from(raw, label, text)
+    info = _spec_info_from(raw, label, text)
+    info.origin = origin
+    return info
 
 
 # ---- arms -------------------------------------------------------------------------------------
@@ -420,7 +442,7 @@ def _manifest(
 ) -> dict:
     runs = data.runs
     report_commit, report_dirty = _current_git()
-    dirty_tags = {str(v).lower() for v in runs["git_dirty"] if v}
+    dirty_tags = {str(v).lower() for v in runs["git_dirty"] if v} & {"true", "false"}
     return {
         "experiment": data.experiment_name,
         "spec_path": spec.path if spec else None,
@@ -535,8 +557,9 @@ def _document(
     blocks.append(doc.Heading(2, "How the numbers are computed"))
     blocks.append(doc.Bullets([
         "Only runs with MLflow status FINISHED enter averages; failed, killed and running runs "
-        "are listed above and drawn dotted in Figure 1. A config hash that finished twice "
-        "counts once (the later run).",
+        "are listed above and drawn dotted in Figure 1 (a run whose process died without "
+        "ending it stays RUNNING in MLflow). A config hash that finished twice counts once "
+        "(the later run).",
         "Per-run values are the logged final_train_loss, final_val_loss and best_val_loss "
         "(else the last / lowest logged value, noted under Data notes).",
         "Interval: mean ± t(0.975, n−1)·s/√n over seeds; with n = 1 there is no interval.",
@@ -549,7 +572,8 @@ def _document(
 
     if spec is not None:
         blocks.append(doc.Heading(2, "Spec"))
-        blocks.append(doc.Paragraph(f"From `{spec.path}`." if spec.path else ""))
+        blocks.append(doc.Paragraph(f"From {spec.origin}." if spec.origin else
+                                    f"From `{spec.path}`."))
         blocks.append(doc.Code(spec.text, "yaml"))
     return blocks
 

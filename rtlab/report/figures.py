@@ -84,6 +84,7 @@ class FigureMaker:
         self.objective = objective
         self.grid_labels = [label for label in runs["grid_label"].drop_duplicates() if label]
         self.panels = self._panels()
+        self.seed_note = self._seed_note()
 
     def _panels(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """Curve panels: one per grid point when few, else each arm at its best grid point."""
@@ -98,6 +99,17 @@ class FigureMaker:
             if arm in best.index.get_level_values(0):
                 pairs.append((arm, str(best.loc[arm].idxmin())))
         return [(f"each arm at its best grid point (by mean {self.objective})", pairs)]
+
+    def _seed_note(self) -> str:
+        """Say why bands are wide when few seeds make the t quantile large."""
+        counts = self.runs[self.runs["included"]].groupby(["arm", "grid_label"]).size()
+        if counts.empty or counts.min() > 3:
+            return ""
+        n = int(counts.min())
+        if n < 2:
+            return " Some arms have a single finished seed: no band for them."
+        return (f" With {n} seeds the band is wide by construction "
+                f"(t quantile {stats.t.ppf(0.975, n - 1):.1f}).")
 
     def _label(self, arm: str, grid: str, many: bool) -> str:
         return f"{arm} ({grid})" if many and grid else arm
@@ -194,6 +206,7 @@ class FigureMaker:
             "shaded 95% t-interval (none where a single seed); the y-axis starts after the "
             "first tenth of training."
             + (" Dotted: runs that did not finish, not in any average." if has_stray else "")
+            + self.seed_note
         )
         return self._save(fig, "1_loss_vs_step", "Loss during training", caption)
 
@@ -220,6 +233,7 @@ class FigureMaker:
         caption = (
             "Validation loss against tokens seen (top) and against training FLOPs (bottom, the "
             "compute-matched view: reasoning slots cost extra FLOPs per token). Mean and 95% band."
+            + self.seed_note
         )
         return self._save(fig, "2_val_vs_compute", "Validation loss per token and per FLOP",
                           caption)
@@ -300,6 +314,7 @@ class FigureMaker:
         caption = (
             "Generalisation gap: validation minus train loss at each eval step (train loss "
             "interpolated to the eval step when logged at other steps), mean and 95% band."
+            + self.seed_note
         )
         return self._save(fig, "4_generalisation_gap", "Generalisation gap", caption)
 

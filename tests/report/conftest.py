@@ -34,6 +34,22 @@ GRID = {  # (arm, lr) -> final val per seed; train = val - 0.1
 }
 
 
+GRID_SPEC = """\
+name: grid
+seeds: [0, 1]
+base:
+  data: {name: shakespeare_char}
+  model: {block_size: 64, n_layer: 1, n_head: 1, n_embd: 16}
+  train: {max_iters: 100, batch_size: 4, eval_interval: 20, log_interval: 10}
+variants:
+  baseline: {}
+  reason1:
+    model: {reasoning: {n_tokens: 1}}
+grid:
+  train.learning_rate: [0.001, 0.003]
+"""
+
+
 @dataclass
 class Store:
     uri: str
@@ -84,8 +100,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     ids = {}
     for name, runs in (("known", known_runs()), ("grid", grid_runs()), ("messy", messy_runs())):
         ids[name] = log_experiment(uri, name, runs, artifact_location=str(root / name))
-    # A resumed run re-logs a step after its checkpoint: the later value must win.
+    # As `rtlab run` does: the spec text on the parent run, and the path it was read from.
     from mlflow import MlflowClient
+
+    MlflowClient(uri).log_text(ids["grid"]["parent"], GRID_SPEC, "spec.yaml")
+    MlflowClient(uri).set_tag(ids["grid"]["parent"], "rtlab.spec_path", "experiments/grid.yaml")
+    # A resumed run re-logs a step after its checkpoint: the later value must win.
 
     MlflowClient(uri).log_metric(ids["messy"]["reason1-s0"], "val_loss", RELOGGED_VAL, step=20,
                                  timestamp=int(time.time() * 1000) + 60_000)

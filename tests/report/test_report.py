@@ -18,7 +18,7 @@ from scipy import stats as sps
 
 from rtlab.report import ReportResult, build_report
 
-from .conftest import GRID, KNOWN, THROUGHPUT, Store
+from .conftest import GRID, GRID_SPEC, KNOWN, THROUGHPUT, Store
 
 COLUMN = {"final_train_loss": 0, "final_val_loss": 1, "best_val_loss": 2}
 
@@ -85,6 +85,8 @@ def test_markdown_table_shows_the_same_numbers(known_report: ReportResult) -> No
     assert f"{w['delta']:+.4f} [{w['low']:+.4f}, {w['high']:+.4f}]" in text
     assert f"{w['pct']:+.2f}%" in text
     assert "3 of 5" in text  # reason1: 3 finished of 5 runs
+    assert "runs from commit `0123456789abcdef0123456789abcdef01234567`" in text
+    assert "torch 2.13.0" in text
     assert "3.2000 (n=1, no interval)" in text  # the single-seed arm says so
     for status in ("FAILED", "KILLED", "RUNNING"):
         assert f"no (status {status})" in text
@@ -213,6 +215,11 @@ def test_grid_report_compares_at_the_same_grid_point_and_draws_figure_5(
     assert row["final_val_loss_delta"] == pytest.approx(w["delta"], rel=1e-10)
     assert row["final_val_loss_p_value"] == pytest.approx(w["p"], rel=1e-9)
     assert result.logged_to_run is None
+    # no spec file given: the text `rtlab run` logged on the parent run is used
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["spec_text"] == GRID_SPEC
+    assert manifest["spec_path"] == "experiments/grid.yaml"
+    assert "From the parent run's artifact spec.yaml" in result.report_md.read_text()
 
 
 SPEC = """\

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,13 @@ def make_config(model: dict[str, Any] | None = None, **train: Any) -> dict[str, 
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> None:
-    # The trainer sets the thread count from the config; start every test from the same state.
+def one_thread() -> Iterator[None]:
+    # The trainer sets the (process-wide) thread count from the config: start every test from
+    # one thread and hand the suite's own setting back afterwards.
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

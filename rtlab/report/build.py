@@ -449,11 +449,12 @@ def _manifest(
         "spec_text": spec.text if spec else None,
         # Versions and commit of the code that produced the runs (from their tags); the
         # report generator's own are under "report".
-        "rtlab_version": _most_common(runs["rtlab_version"]) or rtlab.__version__,
-        "python": _most_common(runs["python"]) or platform.python_version(),
-        "torch": _most_common(runs["torch"]) or _package_version("torch"),
-        "git_commit": _most_common(runs["git_commit"]) or report_commit,
-        "git_dirty": ("true" in dirty_tags) if dirty_tags else report_dirty,
+        # None where the runs carry no tag: the generator's environment is not theirs.
+        "rtlab_version": _most_common(runs["rtlab_version"]),
+        "python": _most_common(runs["python"]),
+        "torch": _most_common(runs["torch"]),
+        "git_commit": _most_common(runs["git_commit"]),
+        "git_dirty": ("true" in dirty_tags) if dirty_tags else None,
         "created": created,
         "tracking_uri": data.tracking_uri,
         "parent_run_id": data.parent_run.info.run_id if data.parent_run else None,
@@ -476,6 +477,7 @@ def _manifest(
         "report": {
             "rtlab_version": rtlab.__version__,
             "python": platform.python_version(),
+            "torch": _package_version("torch"),
             "git_commit": report_commit,
             "git_dirty": report_dirty,
             "mlflow": _package_version("mlflow"),
@@ -490,6 +492,7 @@ def _document(
 ) -> list[doc.Block]:
     n_included = int(runs["included"].sum())
     dirty = " (uncommitted changes)" if manifest["git_dirty"] else ""
+    generator = manifest["report"]
     devices = ", ".join(sorted({d for d in runs["device"] if d})) or "unknown"
     blocks: list[doc.Block] = [doc.Heading(1, f"rtlab report: {data.experiment_name}")]
     if spec and spec.description:
@@ -498,8 +501,12 @@ def _document(
         f"{len(runs)} runs, {n_included} finished and in the aggregates; arms: "
         + ", ".join(f"**{a}** (baseline)" if a == baseline else a for a in arms),
         f"runs from commit `{manifest['git_commit'] or 'unknown'}`{dirty}, rtlab "
-        f"{manifest['rtlab_version']}, Python {manifest['python']}, torch "
-        f"{manifest['torch'] or 'unknown'}, device {devices}",
+        f"{manifest['rtlab_version'] or 'unknown'}, Python {manifest['python'] or 'unknown'}, "
+        f"torch {manifest['torch'] or 'unknown'}, device {devices}",
+        f"report made by rtlab {generator['rtlab_version']} at commit "
+        f"`{generator['git_commit'] or 'unknown'}`"
+        f"{' (uncommitted changes)' if generator['git_dirty'] else ''}, "
+        f"MLflow {generator['mlflow']}",
         f"tracking store `{data.tracking_uri}`, experiment id {data.experiment_id}, parent run "
         f"`{manifest['parent_run_id'] or 'none'}`; generated {manifest['created']}",
     ]))

@@ -85,6 +85,7 @@ class FigureMaker:
         self.grid_labels = [label for label in runs["grid_label"].drop_duplicates() if label]
         self.panels = self._panels()
         self.seed_note = self._seed_note()
+        self._band_lows: dict[int, list[float]] = {}  # per axes, for the y-range
 
     def _panels(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """Curve panels: one per grid point when few, else each arm at its best grid point."""
@@ -143,6 +144,9 @@ class FigureMaker:
         ax.plot(band["x"], band["mean"], color=colour, label=label, **_style(arm, self.baseline))
         ax.fill_between(band["x"], band["low"], band["high"], color=colour, alpha=0.18,
                         linewidth=0)
+        lows = band["low"].to_numpy(float)
+        if np.isfinite(lows).any():
+            self._band_lows.setdefault(id(ax), []).append(float(np.nanmin(lows)))
         return True
 
     def _focus_loss_axis(self, ax: plt.Axes) -> None:
@@ -159,7 +163,12 @@ class FigureMaker:
                 bottoms.append(y[np.isfinite(y)].min())
         if tops:
             low, high = min(bottoms), max(tops)
-            margin = 0.05 * (high - low) if high > low else 0.05 * abs(high) + 1e-3
+            span = high - low if high > low else 0.05 * abs(high) + 1e-3
+            # Show the bands below the lowest mean too, but not so far that a wide band from
+            # few seeds flattens the curves.
+            band_low = min(self._band_lows.get(id(ax), [low]))
+            low = max(min(low, band_low), low - 0.5 * span)
+            margin = 0.05 * (high - low) if high > low else span
             ax.set_ylim(low - margin, high + margin)
 
     def _finish_axes(self, ax: plt.Axes, xlabel: str, ylabel: str, title: str = "") -> None:
@@ -199,7 +208,7 @@ class FigureMaker:
                     self._empty(ax, f"no {metric} logged")
                 self._finish_axes(ax, "optimizer step", metric.replace("_", " "),
                                   panel_title if row == 0 else "")
-            axes[0][col].legend(fontsize=8)
+            _legend(axes[0][col])
         has_stray = not self.excluded_history.empty
         caption = (
             "Train (top) and validation (bottom) loss against optimizer step: mean over seeds, "
@@ -229,7 +238,7 @@ class FigureMaker:
                 else:
                     self._empty(ax, "no val_loss logged")
                 self._finish_axes(ax, xlabel, "val loss", panel_title if row == 0 else "")
-            axes[0][col].legend(fontsize=8)
+            _legend(axes[0][col])
         caption = (
             "Validation loss against tokens seen (top) and against training FLOPs (bottom, the "
             "compute-matched view: reasoning slots cost extra FLOPs per token). Mean and 95% band."
@@ -307,7 +316,7 @@ class FigureMaker:
                                      self._label(arm, grid, len(self.panels) == 1), frame=gaps)
             if drawn:
                 ax.axhline(0, color="0.5", linewidth=0.8)
-                ax.legend(fontsize=8)
+                _legend(ax)
             else:
                 self._empty(ax, "needs both train_loss and val_loss")
             self._finish_axes(ax, "optimizer step", "val loss − train loss", panel_title)
@@ -353,11 +362,11 @@ class FigureMaker:
                                 capsize=3, label=arm, **_style(arm, self.baseline))
             if numeric and len(values) > 2 and min(values) > 0 and max(values) / min(values) > 20:
                 ax.set_xscale("log")
-            if not numeric:
-                ax.set_xticks(range(len(values)))
-                ax.set_xticklabels([str(v) for v in values])
+            ax.set_xticks([positions[v] for v in values])
+            ax.set_xticklabels([f"{v:g}" if numeric else str(v) for v in values])
+            ax.minorticks_off()
             self._finish_axes(ax, key, self.objective.replace("_", " "))
-            ax.legend(fontsize=8)
+            _legend(ax)
         others = "; with several swept keys each point pools the other keys' values" if len(
             keys) > 1 else ""
         caption = (
@@ -403,6 +412,11 @@ class FigureMaker:
             made.append(grid_figure)
         made.append(self.throughput())
         return made
+
+
+def _legend(ax: plt.Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def _sort_key(value: object) -> tuple:

@@ -313,7 +313,7 @@ def load_experiment(experiment_name: str, tracking_uri: str | None) -> Experimen
     for what, names in fallbacks.items():
         messages.append(f"{len(names)} run(s) had {what}: {', '.join(sorted(names))}.")
 
-    runs = pd.DataFrame(run_rows)
+    runs = _sorted_runs(pd.DataFrame(run_rows))
     runs = _mark_included(runs, messages)
     history = (
         pd.concat(history_parts, ignore_index=True)[HISTORY_COLUMNS]
@@ -367,6 +367,31 @@ def _counter_at(steps: np.ndarray, series: pd.DataFrame) -> np.ndarray:
         rate = (y[-1] - y[-2]) / (x[-1] - x[-2])
         values[beyond] = y[-1] + rate * (steps[beyond] - x[-1])
     return values
+
+
+def _grid_sort_key(grid: dict) -> tuple:
+    """Order grid points by their values (numbers numerically), key by key."""
+    return tuple(
+        (key, 0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else (key, 1, 0, str(value))
+        for key, value in sorted(grid.items())
+    )
+
+
+def _sorted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs by grid point (in value order), then seed, then start: every later group-by and
+    drop_duplicates then lists grid points in a stable, readable order."""
+    order = {label: i for i, label in enumerate(sorted(
+        runs.drop_duplicates("grid_point")["grid_point"],
+        key=lambda raw: _grid_sort_key(json.loads(raw)),
+    ))}
+    keys = pd.DataFrame({
+        "grid": runs["grid_point"].map(order),
+        "seed": runs["seed"].fillna(-1),
+        "start": runs["start_time"].fillna(0),
+    })
+    return runs.loc[keys.sort_values(["grid", "seed", "start"], kind="stable").index].reset_index(
+        drop=True)
 
 
 def _mark_included(runs: pd.DataFrame, messages: list[str]) -> pd.DataFrame:

@@ -12,9 +12,12 @@ and tracking URI (`rtlab worker --storage URL --study NAME --tracking-uri URI`).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +139,8 @@ def fail_stale_trials(study: optuna.Study) -> list[str]:
         if not is_stale(trial):
             continue
         try:
+            storage.set_trial_system_attr(trial._trial_id, "rtlab.stale", True)
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                storage.set_trial_system_attr(trial._trial_id, "rtlab.stale", True)
                 stale.append(queued_hash(trial) or "")
         except UpdateFinishedTrialError:
             pass  # another process got there first
@@ -150,12 +153,41 @@ def pending_hashes(study: optuna.Study) -> set[str]:
     return {h for t in trials if (h := queued_hash(t)) is not None}
 
 
+@contextmanager
+def _claim_lock(study: optuna.Study) -> Iterator[None]:
+    """Serialise claims on a SQLite storage (one machine: an fcntl lock next to the file).
+
+    Optuna's claim is read-check-write; on PostgreSQL/MySQL the read is `SELECT ... FOR UPDATE`,
+    but SQLite ignores that, and two processes can both see WAITING and both claim the trial.
+    """
+    url = getattr(_backend(study._storage), "url", "")
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(url[len("sqlite:///") :] + ".claim.lock")
+    with open(lock_path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _backend(storage: Any) -> Any:
+    return getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+
+
 def pop_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     """Claim one WAITING trial, or None when the queue is empty.
 
     Unlike `Study.ask()`, an empty queue never creates a fresh (parameterless) trial: between
     listing and claiming, another worker may take every trial, and the loser simply moves on.
     """
+    with _claim_lock(study):
+        return _pop_waiting_trial(study)
+
+
+def _pop_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     storage = study._storage
     for frozen in storage.get_all_trials(
         study._study_id, deepcopy=False, states=(TrialState.WAITING,)

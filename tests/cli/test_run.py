@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from rtlab.cli import app
 from cli.tiny import write_spec
+from rtlab.cli import app
 
 runner = CliRunner()
 

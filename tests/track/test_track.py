@@ -1,0 +1,129 @@
+"""rtlab.track on a real SQLite MLflow store in a tmp dir."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from rtlab.track import (
+    ChildRun,
+    MetricLogger,
+    flatten_config,
+    resolve_tracking_uri,
+    runs_by_hash,
+    setup_experiment,
+    store_exists,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def open_child(handle, config_hash: str = "abc123", existing_run_id: str | None = None):
+    return ChildRun.open(
+        handle, run_name="baseline-s0", arm="baseline", seed=0, grid_point={},
+        config_hash=config_hash, config={"model": {"n_layer": 1}, "train": {"max_iters": 5}},
+        device="cpu", existing_run_id=existing_run_id,
+    )
+
+
+def test_default_tracking_uri_is_mlflows_sqlite_default_in_the_working_directory(store, tmp_path,
+                                                                                  monkeypatch):
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not store_exists(resolve_tracking_uri())  # resolving creates nothing
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'other.db'}"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_setup_experiment_creates_one_parent_run_and_reuses_it(store, tmp_path):
+    first = setup_experiment("exp", store, "what it tests")
+    second = setup_experiment("exp", store)
+    assert first == second
+    client = MlflowClient(store)
+    runs = client.search_runs([first.experiment_id])
+    assert [r.data.tags["rtlab.role"] for r in runs] == ["parent"]
+    assert runs[0].info.run_name == "exp"
+    experiment = client.get_experiment(first.experiment_id)
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert experiment.tags["mlflow.note.content"] == "what it tests"
+
+
+def test_child_run_has_parent_tags_and_flattened_params(store):
+    handle = setup_experiment("exp", store)
+    child = open_child(handle)
+    child.finish("FINISHED")
+    run = MlflowClient(store).get_run(child.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == handle.parent_run_id
+    assert run.data.tags["rtlab.config_hash"] == "abc123"
+    assert run.data.params == {"model.n_layer": "1", "train.max_iters": "5", "seed": "0"}
+    assert run.info.status == "FINISHED"
+
+
+def test_resumed_child_run_is_the_same_run_and_skips_logged_steps(store):
+    handle = setup_experiment("exp", store)
+    child = open_child(handle)
+    for step in range(1, 8):
+        child.log_metrics(step, {"loss": float(step)})
+    child.finish("KILLED")
+
+    client = MlflowClient(store)
+    existing = runs_by_hash(client, handle.experiment_id)["abc123"]
+    assert existing.info.status == "KILLED"
+    resumed = open_child(handle, existing_run_id=existing.info.run_id)
+    assert resumed.run_id == child.run_id and resumed.resumed
+    for step in range(5, 11):  # resumed from a checkpoint at step 4: 5..7 come again
+        resumed.log_metrics(step, {"loss": float(step)})
+    resumed.finish("FINISHED")
+    steps = [m.step for m in client.get_metric_history(child.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 11))
+    assert client.get_run(child.run_id).info.status == "FINISHED"
+
+
+def test_metric_logger_does_not_block_training_on_a_slow_store(store):
+    handle = setup_experiment("exp", store)
+    run_id = MlflowClient(store).create_run(handle.experiment_id).info.run_id
+    release = threading.Event()
+
+    class SlowClient(MlflowClient):
+        """A real store that answers only when released (a stalled server)."""
+
+        def log_batch(self, *args, **kwargs):
+            release.wait(timeout=30)
+            return super().log_batch(*args, **kwargs)
+
+    logger = MetricLogger(SlowClient(store), run_id)
+    start = time.perf_counter()
+    for step in range(200):
+        logger.log(step, {"loss": 1.0 / (step + 1), "lr": 0.1})
+    enqueue_seconds = time.perf_counter() - start
+    assert enqueue_seconds < 1.0  # 400 metrics queued while the store is stalled
+    assert MlflowClient(store).get_metric_history(run_id, "loss") == []
+    release.set()
+    logger.close()
+    history = MlflowClient(store).get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(range(200))
+    assert logger.dropped == 0
+
+
+def test_metric_logger_drops_non_finite_values(store):
+    handle = setup_experiment("exp", store)
+    run_id = MlflowClient(store).create_run(handle.experiment_id).info.run_id
+    logger = MetricLogger(MlflowClient(store), run_id)
+    logger.log(1, {"loss": float("nan"), "lr": 0.1})
+    logger.close()
+    assert MlflowClient(store).get_metric_history(run_id, "loss") == []
+    assert len(MlflowClient(store).get_metric_history(run_id, "lr")) == 1
+
+
+def test_flatten_config_uses_dotted_keys_and_json_lists():
+    flat = flatten_config({"model": {"reasoning": {"n_tokens": 2}}, "data": {"p": [0.1, 0.5]}})
+    assert flat == {"model.reasoning.n_tokens": "2", "data.p": "[0.1, 0.5]"}

@@ -527,12 +527,18 @@ class GPT(nn.Module):
         return torch.cat([main.unsqueeze(2), reasoning], dim=2).flatten(1, 2)
 
     def _attention_mask(self, P: int, device: torch.device):
-        """None for plain causal; a cached dense bool mask (CPU) or BlockMask (CUDA) otherwise."""
+        """None for plain causal; otherwise a cached BlockMask (CUDA, unless attention dropout is
+        on: FlexAttention has none) or dense bool mask (SDPA)."""
         r = self.config.reasoning
         if r.n_tokens == 0 or self.config.myopic != "off":
             return None
         backend = self.attention_backend
-        if backend == "flex" or (backend == "auto" and device.type == "cuda"):
+        attention_dropout = self.training and self.config.dropout > 0
+        if backend == "flex" and attention_dropout:
+            raise ValueError("attention backend 'flex' has no attention dropout; set dropout 0")
+        if backend == "flex" or (
+            backend == "auto" and device.type == "cuda" and not attention_dropout
+        ):
             return _cached_flex_mask(P, r.n_tokens, r.delay, device)
         key = (P, str(device))
         mask = self._dense_mask_cache.get(key)

@@ -122,3 +122,11 @@ def test_bf16_compiled_training_steps_match_eager(mode):
     assert all(math.isfinite(v) for v in losses)
     assert losses[0] == pytest.approx(eager_loss.item(), rel=2e-2)
     assert losses[-1] < losses[0]  # the same batch five times: the loss must fall
+
+
+def test_reasoning_with_attention_dropout_uses_the_dense_path_on_cuda():
+    """FlexAttention has no attention dropout, so training with dropout > 0 takes SDPA + mask."""
+    model = cuda_model(reasoning={"n_tokens": 1}, dropout=0.1).train()
+    assert isinstance(model._attention_mask(64, torch.device("cuda")), torch.Tensor)
+    model.eval()
+    assert not isinstance(model._attention_mask(64, torch.device("cuda")), torch.Tensor)

@@ -93,3 +93,11 @@ def test_configure_optimizers_decays_matrices_only():
     assert all(p.dim() == 2 for p in decay["params"])
     assert any(p is model.slot_emb for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_forcing_flex_attention_with_attention_dropout_is_an_error():
+    model = tiny_model(reasoning={"n_tokens": 1}, dropout=0.1).train()
+    model.set_attention_backend("flex")
+    x, y = tiny_batch(model)
+    with pytest.raises(ValueError, match="dropout"):
+        model(x, y)

@@ -239,9 +239,9 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         if self.myopic != "off" and torch.is_grad_enabled():
+            y = self._myopic(x, qkv, q, k, v, dropout_p, mask)
+        elif mask is None or self.myopic != "off":
             # (without autograd, myopic attention is ordinary causal attention: METHODS §3)
-            y = self._myopic(x, qkv, q, k, v, dropout_p)
-        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif isinstance(mask, torch.Tensor):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -271,7 +271,8 @@ class CausalSelfAttention(nn.Module):
         v_cut = v_cut.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         return k_cut, v_cut
 
-    def _myopic(self, x, qkv, q, k, v, dropout_p: float) -> torch.Tensor:
+    def _myopic(self, x, qkv, q, k, v, dropout_p: float, mask: Any) -> torch.Tensor:
+        """mask: None, or the causal BlockMask whose FlexAttention call yields the lse (CUDA)."""
         k_cut, v_cut = self._cut_kv(x, qkv, k, v)
         impl = self.myopic_impl
         if impl == "auto":
@@ -279,9 +280,7 @@ class CausalSelfAttention(nn.Module):
         if impl == "fused":
             if dropout_p > 0:
                 raise ValueError("myopic_impl: 'fused' needs dropout 0")
-            # the CPU flash kernel is CPU-only, so CUDA always takes FlexAttention's lse
-            use_flex = self.attention_backend == "flex" or q.device.type == "cuda"
-            return myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex)
+            return myopic_attention_fused(q, k, v, k_cut, v_cut, block_mask=mask)
         return myopic_attention_explicit(q, k, v, k_cut, v_cut, self.attn_dropout)
 
 
@@ -338,19 +337,21 @@ def fused_myopic_available(q: torch.Tensor) -> bool:
     return False
 
 
-def _attention_with_lse(q, k, v, use_flex: bool):
-    """Causal attention output y0 and its log-sum-exp (natural log, no gradient)."""
-    if not use_flex:
+def _attention_with_lse(q, k, v, block_mask: Any = None):
+    """Causal attention output y0 and its log-sum-exp (natural log, no gradient): the CPU flash
+    kernel, or FlexAttention with a causal block_mask (always on CUDA)."""
+    if block_mask is None and q.device.type != "cuda":
         y0, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
         return y0, lse
     from torch.nn.attention.flex_attention import AuxRequest
 
-    block_mask = _cached_flex_mask(q.size(-2), 0, 1, q.device)
+    if block_mask is None:
+        block_mask = _cached_flex_mask(q.size(-2), 0, 1, q.device)
     y0, aux = _flex_attention(q, k, v, block_mask=block_mask, return_aux=AuxRequest(lse=True))
     return y0, aux.lse
 
 
-def myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex: bool = False):
+def myopic_attention_fused(q, k, v, k_cut, v_cut, block_mask: Any = None):
     """Myopic attention from one fused causal attention call over (q, k~, v~) plus its lse.
 
     y0 = attn(q, k~, v~) already has the right value and the right gradient into q and into
@@ -365,7 +366,7 @@ def myopic_attention_fused(q, k, v, k_cut, v_cut, use_flex: bool = False):
     costs exactly one attention call.
     """
     scale = 1.0 / math.sqrt(q.size(-1))
-    y0, lse = _attention_with_lse(q, k_cut, v_cut, use_flex)
+    y0, lse = _attention_with_lse(q, k_cut, v_cut, block_mask)
     return _DiagonalGradient.apply(y0, q.detach(), k, v, k_cut, v_cut, lse, scale)
 
 
@@ -528,11 +529,18 @@ class GPT(nn.Module):
 
     def _attention_mask(self, P: int, device: torch.device):
         """None for plain causal; otherwise a cached BlockMask (CUDA, unless attention dropout is
-        on: FlexAttention has none) or dense bool mask (SDPA)."""
+        on: FlexAttention has none) or dense bool mask (SDPA). Myopic: the causal BlockMask on
+        CUDA (for the fused kernel's lse), else None."""
         r = self.config.reasoning
-        if r.n_tokens == 0 or self.config.myopic != "off":
-            return None
         backend = self.attention_backend
+        if self.config.myopic != "off":
+            # fused myopic reads FlexAttention's lse where the CPU flash kernel is unavailable;
+            # fetched here, once per forward, so a compiled model breaks its graph once at most
+            if backend == "flex" or device.type == "cuda":
+                return _cached_flex_mask(P, 0, 1, device)
+            return None
+        if r.n_tokens == 0:
+            return None
         attention_dropout = self.training and self.config.dropout > 0
         if backend == "flex" and attention_dropout:
             raise ValueError("attention backend 'flex' has no attention dropout; set dropout 0")

@@ -229,13 +229,12 @@ def test_flex_block_mask_equals_dense_mask_on_cpu(n_tokens, delay):
     [
         {"reasoning": {"n_tokens": 2, "delay": 1}},
         {"reasoning": {"n_tokens": 1, "delay": 3, "input": "learned"}},
-        {"myopic": "paper", "myopic_impl": "fused"},
     ],
     ids=str,
 )
 def test_whole_model_flex_backend_equals_dense_backend_on_cpu(mode):
-    """The model's CUDA code path (FlexAttention block mask / lse), run eagerly on CPU, against
-    the dense path. Eager flex has no CPU backward, so gradients are checked in tests/gpu."""
+    """The model's CUDA code path (FlexAttention block mask), run eagerly on CPU, against the
+    dense path. Eager flex has no CPU backward, so gradients are checked in tests/gpu."""
     dense = tiny_model(seed=8, **mode).set_attention_backend("dense")
     flex = tiny_model(seed=8, **mode).set_attention_backend("flex")
     x, y = tiny_batch(dense)
@@ -244,3 +243,14 @@ def test_whole_model_flex_backend_equals_dense_backend_on_cpu(mode):
         logits_f, loss_f = flex(x, y)
     torch.testing.assert_close(logits_f, logits_d, rtol=0, atol=1e-12)
     torch.testing.assert_close(loss_f, loss_d, rtol=0, atol=1e-12)
+
+
+def test_flex_lse_used_by_fused_myopic_on_cuda_equals_the_cpu_flash_kernel_lse():
+    from rtlab.model.gpt import _attention_with_lse
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    y_cpu, lse_cpu = _attention_with_lse(q, k, v)  # CPU flash kernel
+    y_flex, lse_flex = _attention_with_lse(q, k, v, flex_block_mask(10, 0, 1, q.device))
+    torch.testing.assert_close(y_flex, y_cpu, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lse_flex.to(lse_cpu.dtype), lse_cpu, rtol=0, atol=1e-12)

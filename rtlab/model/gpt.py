@@ -453,7 +453,7 @@ class GPT(nn.Module):
             # parameters, and the usual nanoGPT/GPT-2 setup).
             self.transformer.wte.weight = self.lm_head.weight
         else:
-            self.lm_head = nn.Linear(C, 1, bias=True)
+            self.lm_head = nn.Linear(C, 1, bias=True)  # regression: one scalar per position
         # Reasoning slot s>0 gets e_s (duplicate input) or r_s (learned input): one row per slot.
         self.slot_emb = nn.Parameter(torch.zeros(n, C)) if n > 0 else None
 

@@ -58,10 +58,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         uri = make_store(root, args.seeds)
-        command = [sys.executable, "-c",
-                   "import sys; from typer import run; "
-                   "from rtlab.report.commands import report_command; "
-                   "sys.argv[0] = 'rtlab report'; run(report_command)",
+        command = [sys.executable, "-m", "rtlab.cli", "report",  # what `rtlab report` runs
                    str(spec), "--tracking-uri", uri, "--out", str(root / "reports")]
         cold, warm, phases = [], [], []
         for _ in range(args.repeats):

@@ -129,7 +129,7 @@ def _no_progress_bar() -> Iterator[None]:
 
 
 def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
-    """The spec YAML the tracker may have logged on the parent run, read without validation."""
+    """The spec YAML `rtlab run` logged on the parent run (spec.yaml), read as plain YAML."""
     if data.parent_run is None:
         return None
     from mlflow import MlflowClient
@@ -149,12 +149,6 @@ def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
             local = download_artifacts(run_id=data.parent_run.info.run_id, artifact_path=chosen,
                                        dst_path=scratch, tracking_uri=data.tracking_uri)
             text = Path(local).read_text()
-            try:  # validated, so claims get the schema's defaults (expect, baseline_arm)
-                info = load_spec_info(Path(local))
-                info.path, info.origin = label, origin
-                return info
-            except ReportError:
-                pass
         raw = yaml.safe_load(text)
     except Exception:  # noqa: BLE001 - the spec text is a nicety here, never a reason to fail
         return None
@@ -162,7 +156,21 @@ def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
         return None
     info = _spec_info_from(raw, label, text)
     info.origin = origin
+    info.claims = [_claim_with_defaults(claim) for claim in info.claims]
     return info
+
+
+def _claim_with_defaults(claim: object) -> object:
+    """A raw YAML claim through rtlab.spec's Claim model, for its defaults (expect, baseline_arm).
+
+    Only the claim, not the whole spec: validating the spec imports torch (seconds), and this
+    text was validated when `rtlab run` read it."""
+    try:
+        from rtlab.spec import Claim
+
+        return Claim.model_validate(claim)
+    except Exception:  # noqa: BLE001 - an unreadable claim is still shown, judged as far as it can be
+        return claim
 
 
 # ---- arms -------------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ variants:
     model: {reasoning: {n_tokens: 1}}
 grid:
   train.learning_rate: [0.001, 0.003]
+claims:
+  - metric: val_loss
+    arm: reason1
+    expect: lower
+    source: the default baseline_arm is baseline
 """
 
 

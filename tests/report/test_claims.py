@@ -67,8 +67,9 @@ def test_interval_containing_zero_is_inconclusive(runs) -> None:
 
 def test_unstated_loss_that_differs_between_train_and_val_is_not_comparable(runs) -> None:
     # 'same' is clearly lower on train loss but not on val loss: the answer depends on which
-    verdict = check_claim({"arm": "same", "baseline_arm": "baseline", "value": 0.401,
-                           "baseline_value": 0.621}, runs, "baseline")
+    claim = Claim(metric="loss", arm="same", value=0.401, baseline_value=0.621, source="blog")
+    assert claim.expect is None  # the direction comes from the numbers
+    verdict = check_claim(claim, runs, "baseline")
     assert verdict.verdict == NOT_COMPARABLE
     assert "train vs validation loss" in verdict.why
     assert "does not say train or validation loss" in verdict.compared

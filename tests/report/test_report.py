@@ -220,6 +220,9 @@ def test_grid_report_compares_at_the_same_grid_point_and_draws_figure_5(
     assert manifest["spec_text"] == GRID_SPEC
     assert manifest["spec_path"] == "experiments/grid.yaml"
     assert "From the parent run's artifact spec.yaml" in result.report_md.read_text()
+    (claim,) = result.claims  # with rtlab.spec's defaults filled in, judged per grid point
+    assert claim.claim["baseline_arm"] == "baseline"
+    assert claim.verdict == "inconclusive" and "at learning_rate=0.003" in claim.why
 
 
 SPEC = """\

@@ -599,6 +599,13 @@ def _p_text(p: float) -> str:
 
 
 def _claim_text(claim: dict) -> str:
-    metric = claim.get("metric") or "loss (train or val unstated)"
-    return (f"{claim.get('arm')} vs {claim.get('baseline_arm')}: {metric} "
-            f"{claim.get('baseline_value')} → {claim.get('value')}")
+    metric = claim.get("metric")
+    if metric in (None, "", "loss"):
+        metric = "loss (train or val not stated)"
+    numbers, expect = "", claim.get("expect")
+    value, base = claim.get("value"), claim.get("baseline_value")
+    if value is not None and base is not None:
+        numbers = f" ({base:g} → {value:g})"
+        expect = expect or ("lower" if value < base else "higher" if value > base else None)
+    expect = expect or "different"
+    return f"{claim.get('arm')}: {metric} {expect} than {claim.get('baseline_arm')}{numbers}"

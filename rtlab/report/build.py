@@ -330,6 +330,8 @@ def build_report(
     if spec is None:
         spec = _spec_from_parent(data)
     messages = list(data.messages)
+    if spec is not None and spec.name and spec.name != experiment:
+        messages.append(f"the spec is named {spec.name!r} but the report is of {experiment!r}.")
     runs, history = data.runs, data.history
     arms = order_arms(runs, spec, messages)
     baseline = choose_baseline(runs, arms, spec, baseline_arm)
@@ -352,6 +354,7 @@ def build_report(
     safe_name = experiment.replace(os.sep, "_").replace("/", "_")
     final_dir = out_dir / safe_name
     work_dir = Path(tempfile.mkdtemp(prefix=f".{safe_name}.partial-", dir=out_dir))
+    work_dir.chmod(0o755)  # mkdtemp's 0700 would make the published folder private
     try:
         (work_dir / "tables").mkdir()
         mark = time.perf_counter()

@@ -9,8 +9,9 @@
 # Env:   RTLAB_DOCKER_CACHE   cache folder kept between runs (default /var/cache/rtlab-docker):
 #                             base rootfs tarball and wheelhouse
 #        RTLAB_IMAGE          image tag to build (default rtlab:ci)
-#        RTLAB_HOST_CHECK     1: also reproduce the container's report on the host
-#                             (needs .venv with rtlab) to show host == container bit for bit
+#        RTLAB_HOST_CHECK     1: also reproduce the container's report on the host with
+#                             .venv/bin/rtlab, to show host == container bit for bit;
+#                             default auto: when .venv/bin/rtlab exists; 0: skip
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -67,9 +68,12 @@ fail() { echo "docker-ci: error: $*" >&2; exit 1; }
 # ---------------------------------------------------------------- engine
 phase "install engine"
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
-  || ! [[ -x $docker_cmd ]]; then
+  || ! command -v docker-compose >/dev/null || ! [[ -x $docker_cmd ]]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+  # Debian's engine and client (20.10), and compose v1 for `compose config`: bookworm has no
+  # compose v2 plugin.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap docker-compose \
+    >/dev/null
 fi
 
 phase "start engine"
@@ -103,11 +107,12 @@ rm -rf docker/context/wheels docker/context/ca.pem
 # (no network); otherwise fetch the missing ones into the cache first.
 copy_pinned() {
   python3 -m pip download -q --no-deps --only-binary=:all: --no-index \
-    --find-links "$cache_dir/wheels" -d docker/context/wheels -r docker/requirements.lock "$@"
+    --find-links "$cache_dir/wheels" -d docker/context/wheels -r docker/requirements.lock \
+    -r docker/requirements-cluster.lock
 }
 if ! copy_pinned 2>/dev/null; then
   python3 -m pip download -q --no-deps --only-binary=:all: -d "$cache_dir/wheels" \
-    -r docker/requirements.lock 2> >(grep -v "is ignored: it is neither a file nor" >&2)
+    -r docker/requirements.lock -r docker/requirements-cluster.lock 2> >(grep -v "is ignored: it is neither a file nor" >&2)
   copy_pinned
 fi
 echo "$(ls docker/context/wheels | wc -l) wheels, $(du -sh docker/context/wheels | cut -f1)"
@@ -140,6 +145,21 @@ if grep -Eiq 'ca\.pem|wheels|secret|password' "$run_dir/history.txt"; then
   fail "image history mentions build-only files or secrets"
 fi
 echo "image holds no build extras, caches, tests or run state"
+
+phase "compose config + cluster image"
+# docker/compose.yaml must be valid; of its images only rtlab's can be built here.
+if $docker_cmd compose version >/dev/null 2>&1; then compose=($docker_cmd compose); else
+  command -v docker-compose >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    docker-compose >/dev/null
+  compose=(docker-compose)
+fi
+RTLAB_DB_PASSWORD=ci-only-placeholder "${compose[@]}" -p rtlab -f docker/compose.yaml config -q \
+  || fail "docker/compose.yaml: compose config failed"
+$docker_cmd build --network host -f docker/Dockerfile --target cluster \
+  --build-arg BASE_IMAGE="$base_image" -t rtlab:cluster . >"$log_dir/build-cluster.log" 2>&1 \
+  || { tail -20 "$log_dir/build-cluster.log" >&2; fail "cluster image build"; }
+$docker_cmd run --rm --network none --entrypoint python rtlab:cluster -c \
+  "import psycopg2, mlflow.server; print('cluster image: psycopg2', psycopg2.__version__)"
 
 # ---------------------------------------------------------------- tiny study in the container
 phase "run study (container)"
@@ -175,7 +195,9 @@ phase "reproduce (container)"
 in_container reproduce "reports/$study_name" --json "reports/reproduce.json" | tee "$run_dir/reproduce.txt"
 grep -q '^verdict: identical' "$run_dir/reproduce.txt" || fail "reproduce did not say identical"
 
-if [[ "${RTLAB_HOST_CHECK:-0}" == 1 && -x .venv/bin/rtlab ]]; then
+host_check="${RTLAB_HOST_CHECK:-auto}"
+[[ "$host_check" == auto ]] && { [[ -x .venv/bin/rtlab ]] && host_check=1 || host_check=0; }
+if [[ "$host_check" == 1 ]]; then
   phase "reproduce (host)"
   (cd "$lab" && "$repo/.venv/bin/rtlab" reproduce "reports/$study_name") | tee "$run_dir/host.txt"
   grep -q '^verdict: identical' "$run_dir/host.txt" \

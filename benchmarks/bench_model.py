@@ -141,6 +141,30 @@ def run_steps(model, optimizer, x, y, steps: int, ctx_fn, device) -> tuple[float
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def target_checks(rows: list[dict], preset: str, device: torch.device) -> list[str]:
+    """The targets of issue 2, for the modes present in this run."""
+    by_mode = {row["mode"]: row for row in rows}
+    checks = []
+
+    def check(name: str, value: float, ok: bool) -> None:
+        if not math.isnan(value):
+            checks.append(f"- target {name}: {value:.3g} -> {'PASS' if ok else 'FAIL'}")
+
+    if "baseline" in by_mode and "reference" in by_mode:
+        ratio = by_mode["baseline"]["ratio_vs_reference"]
+        check("baseline / reference throughput >= 1.0", ratio, ratio >= 1.0)
+    if preset == "gpt2" and device.type == "cuda" and "baseline" in by_mode:
+        rate = by_mode["baseline"]["tokens_per_s"]
+        check("GPT-2-small baseline tokens/s >= 450k", rate, rate >= 450e3)
+    if "reasoning n=1" in by_mode:
+        over = by_mode["reasoning n=1"]["overhead_over_flop_ratio"]
+        check("reasoning n=1 step time <= 1.15 x baseline x FLOP ratio", over, over <= 1.15)
+    if "myopic strict fused" in by_mode:
+        t = by_mode["myopic strict fused"]["time_per_token_vs_baseline"]
+        check("myopic (fused) time per token <= 1.3 x baseline", t, t <= 1.3)
+    return checks
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -269,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             f" | {fmt(row['flop_ratio_vs_baseline'], '.2f')}"
             f" | {fmt(row['overhead_over_flop_ratio'], '.2f')} | {fmt(row['mfu'], '.1%')} |"
         )
+    lines += ["", *target_checks(rows, args.preset, device)]
     table = "\n".join(lines)
     print(table)
     result = {"header": header, "rows": rows, "rates": rates, "wall_rates": wall_rates}

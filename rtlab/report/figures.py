@@ -249,58 +249,75 @@ class FigureMaker:
 
     # ---- 3 -----------------------------------------------------------------------------
     def final_and_best(self) -> FigureFile:
-        keys = [
-            (arm, grid) for arm in self.arms
-            for grid in (self.runs.loc[self.runs["arm"] == arm, "grid_label"].drop_duplicates())
-        ]
-        width = max(8.0, 1.0 + 0.9 * len(keys))
+        """One slot per arm; with a grid, one group per grid point holding every arm."""
+        groups = self.grid_labels or [""]
+        n_arms = len(self.arms)
+        slot = 0.8 / n_arms if self.grid_labels else 1.0
+        width = (max(8.0, 1.0 + 0.9 * n_arms) if not self.grid_labels
+                 else max(8.0, 1.0 + 0.35 * n_arms * len(groups)))
         fig, axes = plt.subplots(1, 2, figsize=(width, 4.8), layout="constrained")
         included = self.runs[self.runs["included"]]
         for ax, column, title in zip(
             axes, ("final_val_loss", "best_val_loss"), ("final val loss", "best val loss"),
             strict=True,
         ):
-            for position, (arm, grid) in enumerate(keys):
-                values = included.loc[
-                    (included["arm"] == arm) & (included["grid_label"] == grid), column
-                ].to_numpy(float)
-                values = values[np.isfinite(values)]
-                colour = self.colours[arm]
-                if values.size == 0:
-                    ax.text(position, 0.5, "no runs", rotation=90, ha="center", va="center",
-                            transform=ax.get_xaxis_transform(), color="0.4", fontsize=8)
-                    continue
-                jitter = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else [0.0]
-                ax.scatter(position + np.asarray(jitter), values, color=colour, s=14, alpha=0.6,
-                           zorder=2)
-                mean = values.mean()
-                if values.size >= 2:
-                    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(
-                        values.size)
-                    ax.errorbar(position + 0.28, mean, yerr=half, fmt="o", color=colour,
-                                capsize=4, markersize=6, zorder=4,
-                                linewidth=2.2 if arm == self.baseline else 1.4)
-                else:
-                    ax.plot(position + 0.28, mean, "o", color=colour, markerfacecolor="white",
-                            zorder=4)
-            ax.set_xticks(range(len(keys)))
-            ax.set_xticklabels(
-                [f"{a}\n{g}" if g else a for a, g in keys], fontsize=8,
-                rotation=30 if len(keys) > 6 else 0,
-            )
-            self._finish_axes(ax, "", title)
-            if self.baseline is not None:
+            for group_index, grid in enumerate(groups):
+                for arm_index, arm in enumerate(self.arms):
+                    position = (group_index + (arm_index - (n_arms - 1) / 2) * slot
+                                if self.grid_labels else arm_index)
+                    self._seed_points(ax, included, column, arm, grid, position, slot)
+            if self.grid_labels:
+                ax.set_xticks(range(len(groups)))
+                ax.set_xticklabels(groups, fontsize=8, rotation=30 if len(groups) > 3 else 0,
+                                   ha="right" if len(groups) > 3 else "center")
+                handles = [plt.Line2D([], [], color=self.colours[a], marker="o", label=a)
+                           for a in self.arms]
+                ax.legend(handles=handles, fontsize=8)
+            else:
+                ax.set_xticks(range(n_arms))
+                ax.set_xticklabels(self.arms, fontsize=8, rotation=30 if n_arms > 6 else 0)
                 base = included.loc[included["arm"] == self.baseline, column].to_numpy(float)
                 base = base[np.isfinite(base)]
-                if base.size and not self.grid_labels:
+                if base.size:
                     ax.axhline(base.mean(), color=BASELINE_COLOUR, linestyle="--", linewidth=0.8,
                                alpha=0.6)
+            self._finish_axes(ax, "", title)
         caption = (
-            "Final and best validation loss per arm: dots are seeds, the marker with bars is the "
-            "mean with its 95% t-interval (hollow marker: one seed, no interval); dashed line: "
-            "baseline mean."
+            "Final and best validation loss per arm"
+            + (" and grid point" if self.grid_labels else "")
+            + ": dots are seeds, the marker with bars is the mean with its 95% t-interval "
+            "(hollow marker: one seed, no interval)"
+            + ("." if self.grid_labels else "; dashed line: baseline mean.")
         )
         return self._save(fig, "3_final_best_val", "Final and best validation loss", caption)
+
+    def _seed_points(
+        self, ax: plt.Axes, included: pd.DataFrame, column: str, arm: str, grid: str,
+        position: float, slot: float,
+    ) -> None:
+        values = included.loc[
+            (included["arm"] == arm) & (included["grid_label"] == grid), column
+        ].to_numpy(float)
+        values = values[np.isfinite(values)]
+        colour = self.colours[arm]
+        if values.size == 0:
+            ax.text(position, 0.5, "no runs", rotation=90, ha="center", va="center",
+                    transform=ax.get_xaxis_transform(), color="0.4", fontsize=7)
+            return
+        spread = 0.12 * slot
+        jitter = np.linspace(-spread, spread, values.size) if values.size > 1 else np.zeros(1)
+        ax.scatter(position - 0.15 * slot + jitter, values, color=colour, s=12, alpha=0.6,
+                   zorder=2)
+        mean = values.mean()
+        if values.size >= 2:
+            half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(
+                values.size)
+            ax.errorbar(position + 0.2 * slot, mean, yerr=half, fmt="o", color=colour,
+                        capsize=3, markersize=5, zorder=4,
+                        linewidth=2.2 if arm == self.baseline else 1.4)
+        else:
+            ax.plot(position + 0.2 * slot, mean, "o", color=colour, markerfacecolor="white",
+                    zorder=4)
 
     # ---- 4 -----------------------------------------------------------------------------
     def generalisation_gap(self) -> FigureFile:

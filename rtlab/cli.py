@@ -126,8 +126,11 @@ def run(
 
     options = SweepOptions(workers=workers, force=force, tracking_uri=tracking_uri,
                            storage_url=storage, quiet=quiet)
-    summary = run_sweep(prepared, options, console=console, started_at=STARTED_AT,
-                        phases=phases)
+    try:
+        summary = run_sweep(prepared, options, console=console, started_at=STARTED_AT,
+                            phases=phases)
+    except KeyboardInterrupt:  # a second Ctrl-C: runs are already marked KILLED
+        fail("interrupted", code=EXIT_INTERRUPTED)
     show_summary(summary, prepared)
     if summary.stopped:
         raise typer.Exit(EXIT_INTERRUPTED)

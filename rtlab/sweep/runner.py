@@ -158,6 +158,17 @@ class SweepSummary:
         return {"steps": steps, "eval": evaluation, "orchestration": 1.0 - steps - evaluation}
 
 
+def estimated_cost(plan: Any) -> float:
+    """Relative compute of a run, for scheduling only: tokens trained x (1 + reasoning tokens)
+    positions x layer width^2 x depth, doubled for myopic training (it runs a second pass)."""
+    train, model = plan.config["train"], plan.config["model"]
+    tokens = train["max_iters"] * train["batch_size"] * train.get("grad_accum", 1)
+    positions = model.get("block_size", 1) * (1 + (model.get("reasoning") or {}).get("n_tokens", 0))
+    width = model.get("n_layer", 1) * model.get("n_embd", 1) ** 2
+    myopic = 2.0 if model.get("myopic", "off") != "off" else 1.0
+    return float(tokens * positions * width * myopic)
+
+
 @contextmanager
 def _stop_on_signals(on_stop: Callable[[], None]) -> Iterator[threading.Event]:
     """First Ctrl-C (or SIGTERM): ask workers to stop after their current step. Second: abort."""
@@ -245,7 +256,8 @@ def run_sweep(
         finished = set()
     pending = run_queue.pending_hashes(study)
     already_finished = sum(1 for h in plan_hashes if h in finished)
-    for plan in plans:
+    # Longest runs first: workers then finish close together instead of one idling at the end.
+    for plan in sorted(plans, key=estimated_cost, reverse=True):
         if plan.config_hash in finished or plan.config_hash in pending:
             continue
         run_queue.enqueue(study, run_queue.QueuedRun(

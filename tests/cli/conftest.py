@@ -1,1 +1,1 @@
-from cli.tiny import workdir  # noqa: F401  (the fixture)
+from cli.tiny import migrated_mlflow_db, store_workdir, workdir  # noqa: F401  (fixtures)

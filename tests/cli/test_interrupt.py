@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,8 +53,9 @@ def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_sigkill_mid_run_then_rerun_resumes_same_run_with_identical_metrics(
-    workdir, tmp_path, monkeypatch
+    store_workdir, tmp_path, monkeypatch, migrated_mlflow_db
 ):
+    workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n", max_iters=MAX_ITERS,
                       checkpoint_interval=10, log_interval=1)
     process = start_run(workdir, spec)
@@ -82,6 +84,7 @@ def test_sigkill_mid_run_then_rerun_resumes_same_run_with_identical_metrics(
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     monkeypatch.chdir(reference_dir)
+    shutil.copy(migrated_mlflow_db, reference_dir / "mlflow.db")
     reference_spec = write_spec(reference_dir, seeds="[0]", variants="  baseline: {}\n",
                                 max_iters=MAX_ITERS, checkpoint_interval=10, log_interval=1)
     reference_uri = f"sqlite:///{reference_dir / 'mlflow.db'}"
@@ -99,7 +102,8 @@ def test_sigkill_mid_run_then_rerun_resumes_same_run_with_identical_metrics(
         assert resumed_histories[key] == reference_histories[key], key
 
 
-def test_sigint_stops_cleanly_marks_killed_and_exits_130(workdir):
+def test_sigint_stops_cleanly_marks_killed_and_exits_130(store_workdir):
+    workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n", max_iters=400,
                       checkpoint_interval=10, log_interval=1)
     process = start_run(workdir, spec)

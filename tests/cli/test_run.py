@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -107,7 +108,8 @@ def test_run_logs_parent_child_params_metrics_artifacts_and_rerun_starts_nothing
     assert status.output.count("FINISHED") == 4
 
 
-def test_workers_2_complete_every_run_exactly_once(workdir):
+def test_workers_2_complete_every_run_exactly_once(store_workdir):
+    workdir = store_workdir
     spec = write_spec(workdir, seeds="[0, 1]", log_interval=10)
     result = invoke("run", str(spec), "--workers", "2", "--quiet")
     assert result.exit_code == 0, result.output
@@ -125,7 +127,8 @@ def test_workers_2_complete_every_run_exactly_once(workdir):
     assert len({t.system_attrs["rtlab.pid"] for t in all_trials}) == 2
 
 
-def test_diverged_run_fails_with_reason_and_the_sweep_goes_on(workdir):
+def test_diverged_run_fails_with_reason_and_the_sweep_goes_on(store_workdir):
+    workdir = store_workdir
     variants = """\
   baseline: {}
   exploding:
@@ -153,7 +156,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(workdir):
     assert not (workdir / ".rtlab").exists()
 
 
-def test_force_reruns_finished_runs_as_fresh_runs(workdir):
+def test_force_reruns_finished_runs_as_fresh_runs(store_workdir):
+    workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
     assert invoke("run", str(spec), "--quiet").exit_code == 0
     (first,) = children(workdir)
@@ -183,9 +187,10 @@ def test_validate_counts_runs_without_touching_stores(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
-def test_tracking_uri_option_selects_another_store(workdir):
+def test_tracking_uri_option_selects_another_store(workdir, migrated_mlflow_db):
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
     other = workdir / "elsewhere.db"
+    shutil.copy(migrated_mlflow_db, other)
     result = invoke("run", str(spec), "--quiet", "--tracking-uri", f"sqlite:///{other}")
     assert result.exit_code == 0, result.output
     assert other.exists() and not (workdir / "mlflow.db").exists()
@@ -193,7 +198,8 @@ def test_tracking_uri_option_selects_another_store(workdir):
     assert exp is not None
 
 
-def test_sample_generates_from_a_logged_checkpoint(workdir):
+def test_sample_generates_from_a_logged_checkpoint(store_workdir):
+    workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
     assert invoke("run", str(spec), "--quiet").exit_code == 0
     (run,) = children(workdir)
@@ -215,7 +221,8 @@ def test_missing_file_is_one_line_exit_2(workdir, command):
     assert not (workdir / "mlflow.db").exists()
 
 
-def test_grid_point_tag_is_json(workdir):
+def test_grid_point_tag_is_json(store_workdir):
+    workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
     text = spec.read_text() + "grid:\n  train.learning_rate: [0.001, 0.002]\n"
     spec.write_text(text)

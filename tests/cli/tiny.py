@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,20 @@ def subprocess_env(workdir: Path) -> dict[str, str]:
     env["RTLAB_DATA_DIR"] = str(workdir / "data")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its schema created once (the migration takes seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store_workdir(workdir: Path, migrated_mlflow_db: Path) -> Path:
+    """A working directory whose default MLflow store exists already (empty, real)."""
+    shutil.copy(migrated_mlflow_db, workdir / "mlflow.db")
+    return workdir

@@ -49,6 +49,8 @@ cleanup() {
   local status=$?
   phase ""
   if [[ -n "$started_engine" ]]; then
+    # Superseded images of earlier runs; the build cache stays for the next run.
+    $docker_cmd image prune -f >/dev/null 2>&1 || true
     echo "=== docker-ci: stopping the engine (pid $started_engine)"
     kill "$started_engine" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$started_engine" 2>/dev/null || break; sleep 1; done
@@ -73,7 +75,7 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
   # Debian's engine and client (20.10), and compose v1 for `compose config`: bookworm has no
   # compose v2 plugin.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap docker-compose \
-    >/dev/null
+    >"$log_dir/apt.log" 2>&1 || { tail -20 "$log_dir/apt.log" >&2; fail "apt-get install"; }
 fi
 
 phase "start engine"
@@ -97,6 +99,8 @@ phase "base image"
 RTLAB_DOCKER_CACHE="$cache_dir" DOCKER=$docker_cmd scripts/make_base_image.sh "$base_image"
 
 phase "wheelhouse"
+# A dependency added to pyproject.toml but not to the lock would be missing from the image.
+if [[ -x .venv/bin/python ]]; then .venv/bin/python docker/make_lock.py --check; fi
 # The lock's wheels, fetched on the host with the host's pip configuration (its index, its CA,
 # the local CPU torch wheel), kept in the cache; the image then installs with --no-index.
 python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
@@ -146,7 +150,7 @@ if grep -Eiq 'ca\.pem|wheels|secret|password' "$run_dir/history.txt"; then
 fi
 echo "image holds no build extras, caches, tests or run state"
 
-phase "compose config + cluster image"
+phase "compose + cluster image"
 # docker/compose.yaml must be valid; of its images only rtlab's can be built here.
 if $docker_cmd compose version >/dev/null 2>&1; then compose=($docker_cmd compose); else
   command -v docker-compose >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

@@ -12,7 +12,7 @@ import time
 STARTED_AT = time.perf_counter()  # `rtlab run` measures its wall time from here
 
 import importlib  # noqa: E402
-import subprocess  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, NoReturn  # noqa: E402
@@ -322,10 +322,9 @@ def ui(
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", host, "--port", str(port)]
     console.print(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C to stop)")
-    try:
-        raise typer.Exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    sys.stdout.flush()
+    # Become the server (no wrapper process): signals to `rtlab ui` reach MLflow itself.
+    os.execv(sys.executable, command)
 
 
 @app.command()

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -73,6 +74,11 @@ def test_sigkill_mid_run_then_rerun_resumes_same_run_with_identical_metrics(
     assert "(resumed)" in resumed.output
     client, run = only_child(uri, "tiny")
     assert run.info.run_id == killed.info.run_id  # the same MLflow run, not a second one
+    # The killed sweep's trial was stale (dead pid): failed, and the run queued again.
+    storage = f"sqlite:///{workdir / '.rtlab' / 'tiny' / 'optuna.db'}"
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].system_attrs["rtlab.stale"] is True
     assert run.info.status == "FINISHED"
     resumed_histories = histories(client, run)
     for key, points in resumed_histories.items():

@@ -269,7 +269,8 @@ def run_sweep(
     phases["stores"] = time.perf_counter() - stores_start
 
     # ---- workers
-    n_workers = max(1, min(options.workers, queued)) if queued else 0
+    # workers=0: only set up the stores and the queue; `rtlab worker` processes do the runs.
+    n_workers = max(1, min(options.workers, queued)) if queued and options.workers else 0
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     threads = max(1, cpu_count() // max(n_workers, 1))
     configs = [
@@ -292,6 +293,11 @@ def run_sweep(
     with display, _stop_on_signals(request_stop) as stop:
         if already_finished:
             display.note(f"{already_finished} of {len(plans)} runs already finished (skipped)")
+        if queued and not n_workers:
+            display.note(
+                f"{queued} run(s) queued; work them off with: rtlab worker --study {spec.name} "
+                f"--storage {storage_url} --tracking-uri {handle.tracking_uri}"
+            )
         try:
             if n_workers == 1:
                 run_worker(configs[0], display.handle, stop.is_set)
@@ -307,8 +313,9 @@ def run_sweep(
                 finish_parent(handle, "FINISHED")
             elif stopped:
                 finish_parent(handle, "KILLED")
-            else:
+            elif not run_queue.pending_hashes(study) & set(plan_hashes):
                 finish_parent(handle, "FAILED")
+            # else: workers elsewhere (`rtlab worker`) still hold runs; the parent stays RUNNING
             phases["finish"] = time.perf_counter() - finish_start
 
     outcomes = display.ended

@@ -301,8 +301,8 @@ def compare_runs(
 def _format(value: float | None, metric: str) -> str:
     if value is None:
         return "-"
-    if metric in COUNT_METRICS:
-        return f"{value:.6g}"
+    if metric in COUNT_METRICS and value.is_integer():
+        return f"{value:.0f}"  # every digit: a count off by one must show
     return repr(value)  # the shortest text that round-trips: shows bit-level differences
 
 

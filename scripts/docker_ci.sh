@@ -123,7 +123,7 @@ echo "$(ls docker/context/wheels | wc -l) wheels, $(du -sh docker/context/wheels
 
 phase "build image"
 $docker_cmd build --network host -f docker/Dockerfile \
-  --build-arg BASE_IMAGE="$base_image" \
+  --build-arg BASE_IMAGE="$base_image" --build-arg WHEELHOUSE_ONLY=1 \
   --build-arg GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
   -t "$image" . >"$log_dir/build.log" 2>&1 || { tail -40 "$log_dir/build.log" >&2; fail "build"; }
 grep -E '^#[0-9]+ (CACHED|DONE [0-9.]+s)' "$log_dir/build.log" | tail -3 || true
@@ -160,7 +160,8 @@ fi
 RTLAB_DB_PASSWORD=ci-only-placeholder "${compose[@]}" -p rtlab -f docker/compose.yaml config -q \
   || fail "docker/compose.yaml: compose config failed"
 $docker_cmd build --network host -f docker/Dockerfile --target cluster \
-  --build-arg BASE_IMAGE="$base_image" -t rtlab:cluster . >"$log_dir/build-cluster.log" 2>&1 \
+  --build-arg BASE_IMAGE="$base_image" --build-arg WHEELHOUSE_ONLY=1 -t rtlab:cluster . \
+  >"$log_dir/build-cluster.log" 2>&1 \
   || { tail -20 "$log_dir/build-cluster.log" >&2; fail "cluster image build"; }
 $docker_cmd run --rm --network none --entrypoint python rtlab:cluster -c \
   "import psycopg2, mlflow.server; print('cluster image: psycopg2', psycopg2.__version__)"

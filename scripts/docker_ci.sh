@@ -9,6 +9,9 @@
 # Env:   RTLAB_DOCKER_CACHE   cache folder kept between runs (default /var/cache/rtlab-docker):
 #                             base rootfs tarball and wheelhouse
 #        RTLAB_IMAGE          image tag to build (default rtlab:ci)
+#        RTLAB_CLUSTER_CHECK  1: also run the compose shape on loopback (host PostgreSQL, the
+#                             cluster image's MLflow server, a launcher and a worker
+#                             container) and reproduce its report; default 0
 #        RTLAB_HOST_CHECK     1: also reproduce the container's report on the host with
 #                             .venv/bin/rtlab, to show host == container bit for bit;
 #                             default auto: when .venv/bin/rtlab exists; 0: skip
@@ -45,9 +48,14 @@ phase() {  # phase NAME: close the previous phase's timer, open NAME's
 total_start=$SECONDS
 
 started_engine=""
+pg_data=""
 cleanup() {
   local status=$?
   phase ""
+  if [[ -n "$pg_data" ]]; then
+    $docker_cmd rm -f rtlab-ci-mlflow >/dev/null 2>&1 || true
+    su postgres -s /bin/sh -c "pg_ctl -D '$pg_data' -m fast stop" >/dev/null 2>&1 || true
+  fi
   if [[ -n "$started_engine" ]]; then
     # Superseded images of earlier runs; the build cache stays for the next run.
     $docker_cmd image prune -f >/dev/null 2>&1 || true
@@ -207,5 +215,58 @@ if [[ "$host_check" == 1 ]]; then
   (cd "$lab" && "$repo/.venv/bin/rtlab" reproduce "reports/$study_name") | tee "$run_dir/host.txt"
   grep -q '^verdict: identical' "$run_dir/host.txt" \
     || fail "host rerun of the container's report is not identical"
+fi
+
+if [[ "${RTLAB_CLUSTER_CHECK:-0}" == 1 ]]; then
+  phase "cluster (loopback)"
+  # docker/compose.yaml's shape with what this machine has: Debian's PostgreSQL instead of the
+  # postgres image (Docker Hub is out of reach), every service on 127.0.0.1 (host network).
+  pg_port=55432 mlflow_port=55000 pg_password="ci-$RANDOM$RANDOM"
+  pg_bin="$(ls -d /usr/lib/postgresql/*/bin | tail -1)"
+  pg_data="$run_dir/pg"
+  mkdir -p "$pg_data" && chown postgres "$pg_data" "$run_dir"
+  su postgres -s /bin/sh -c "'$pg_bin/initdb' -D '$pg_data' -U postgres -A trust" >/dev/null
+  su postgres -s /bin/sh -c "'$pg_bin/pg_ctl' -D '$pg_data' -l '$pg_data/log' -w start \
+    -o '-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_data'" >/dev/null
+  psql_cmd=(su postgres -s /bin/sh -c)
+  "${psql_cmd[@]}" "psql -q -h 127.0.0.1 -p $pg_port -U postgres -c \"CREATE ROLE rtlab LOGIN \
+    PASSWORD '$pg_password'\" -c 'CREATE DATABASE mlflow OWNER rtlab' -f -" \
+    <docker/postgres-init/10-optuna.sql
+  db="postgresql+psycopg2://rtlab:$pg_password@127.0.0.1:$pg_port"
+  $docker_cmd run -d --name rtlab-ci-mlflow --network host --entrypoint mlflow rtlab:cluster \
+    server --backend-store-uri "$db/mlflow" --serve-artifacts --artifacts-destination /mlartifacts \
+    --host 127.0.0.1 --port "$mlflow_port" >/dev/null
+  for _ in $(seq 1 60); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$mlflow_port/health')" \
+      2>/dev/null && break
+    sleep 1
+  done
+  cluster_lab="$run_dir/cluster"
+  mkdir -p "$cluster_lab"
+  cp "$study_file" "$cluster_lab/"
+  chown -R "$user_id" "$cluster_lab"
+  in_cluster() {
+    $docker_cmd run --rm --network host -e MLFLOW_TRACKING_URI="http://127.0.0.1:$mlflow_port" \
+      -v "$cluster_lab:/work" rtlab:cluster "$@"
+  }
+  # The launcher fills the queue and works; a second container joins it as a worker.
+  in_cluster run --quiet "$(basename "$study_file")" --storage "$db/optuna" &
+  launcher=$!
+  # Join as soon as the launcher has queued the study (runs take seconds each).
+  for _ in $(seq 1 120); do
+    "${psql_cmd[@]}" "psql -tA -h 127.0.0.1 -p $pg_port -U postgres -d optuna -c \
+      \"select count(*) from trials\"" 2>/dev/null | grep -q '^[1-9]' && break
+    sleep 0.5
+  done
+  in_cluster worker --study "$study_name" --storage "$db/optuna" --threads 1 \
+    >"$run_dir/worker.log" 2>&1 || true
+  wait "$launcher" || fail "cluster launcher failed"
+  echo "worker container ran: $(grep -c "finished" "$run_dir/worker.log" || true) run(s)"
+  in_cluster report "$(basename "$study_file")" --out reports
+  # The report of runs logged through the server, reproduced into a fresh local store.
+  $docker_cmd run --rm --network none -v "$cluster_lab:/work" "$image" \
+    reproduce "reports/$study_name" | tee "$run_dir/cluster-reproduce.txt" | tail -3
+  grep -q '^verdict: identical' "$run_dir/cluster-reproduce.txt" \
+    || fail "cluster runs do not reproduce identically"
 fi
 rm -rf docker/context/wheels

@@ -91,9 +91,10 @@ def audit_table(audits: list[Any]) -> Table:
 def run(
     file: SpecFile,
     set_: SetOption = None,
-    workers: Annotated[int, typer.Option(
-        min=0, help="Worker processes on this machine (0: only queue the runs, for "
-                    "`rtlab worker` processes to pick up).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        min=0, show_default="one per GPU, else one per CPU core (at most one per run)",
+        help="Worker processes on this machine (0: only queue the runs, for "
+             "`rtlab worker` processes to pick up).")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan, run nothing.")
     ] = False,

@@ -204,6 +204,27 @@ def _pop_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     return None
 
 
+def drop_waiting_except(study: optuna.Study, keep: set[str]) -> list[str]:
+    """Take out of the queue the WAITING runs that the experiment no longer plans (its file was
+    edited since they were queued): a sweep runs what its spec says, nothing left over."""
+    dropped = []
+    with _claim_lock(study):
+        storage = study._storage
+        for trial in storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+        ):
+            config_hash = queued_hash(trial)
+            if config_hash in keep:
+                continue
+            try:
+                storage.set_trial_system_attr(trial._trial_id, "rtlab.superseded", True)
+                if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                    dropped.append(config_hash or "")
+            except UpdateFinishedTrialError:
+                pass
+    return dropped
+
+
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
 

@@ -118,7 +118,7 @@ def audit_experiment(prepared: PreparedExperiment) -> list[ArmAudit]:
 
 @dataclass
 class SweepOptions:
-    workers: int = 1
+    workers: int | None = None  # None: one per GPU, else one per CPU core (see default_workers)
     force: bool = False
     tracking_uri: str | None = None
     storage_url: str | None = None  # Optuna storage; default .rtlab/<experiment>/optuna.db
@@ -191,6 +191,13 @@ def _stop_on_signals(on_stop: Callable[[], None]) -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
+def default_workers(gpus: int) -> int:
+    """One worker per GPU; on CPU one per core, each with one thread: small models train
+    faster as independent runs side by side than as one run split over threads (mini_sweep on
+    2 cores: about twice the throughput)."""
+    return gpus if gpus else cpu_count()
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -254,6 +261,7 @@ def run_sweep(
         for config_hash in plan_hashes:
             reset_run_dir(state_dir, config_hash)
         finished = set()
+    run_queue.drop_waiting_except(study, set(plan_hashes))
     pending = run_queue.pending_hashes(study)
     already_finished = sum(1 for h in plan_hashes if h in finished)
     # Longest runs first: workers then finish close together instead of one idling at the end.
@@ -270,8 +278,9 @@ def run_sweep(
 
     # ---- workers
     # workers=0: only set up the stores and the queue; `rtlab worker` processes do the runs.
-    n_workers = max(1, min(options.workers, queued)) if queued and options.workers else 0
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = default_workers(gpus) if options.workers is None else options.workers
+    n_workers = max(1, min(wanted, queued)) if queued and wanted else 0
     threads = max(1, cpu_count() // max(n_workers, 1))
     configs = [
         WorkerConfig(

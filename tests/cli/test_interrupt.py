@@ -21,7 +21,7 @@ MAX_ITERS = 60
 
 def start_run(workdir: Path, spec: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "rtlab.cli", "run", str(spec), "--quiet"],
+        [sys.executable, "-m", "rtlab.cli", "run", str(spec), "--quiet", "--workers", "1"],
         cwd=workdir, env=subprocess_env(workdir),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -69,7 +69,8 @@ def test_sigkill_mid_run_then_rerun_resumes_same_run_with_identical_metrics(
                                                                  "batch_loss"))
     assert 10 <= logged_before < MAX_ITERS, "the kill must land mid-run"
 
-    resumed = CliRunner().invoke(app, ["run", str(spec), "--quiet"], catch_exceptions=False)
+    resumed = CliRunner().invoke(app, ["run", str(spec), "--quiet", "--workers", "1"],
+                                 catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     assert "(resumed)" in resumed.output
     client, run = only_child(uri, "tiny")
@@ -95,7 +96,8 @@ def test_sigkill_mid_run_then_rerun_resumes_same_run_with_identical_metrics(
                                 max_iters=MAX_ITERS, checkpoint_interval=10, log_interval=1)
     reference_uri = f"sqlite:///{reference_dir / 'mlflow.db'}"
     result = CliRunner().invoke(
-        app, ["run", str(reference_spec), "--quiet", "--tracking-uri", reference_uri],
+        app, ["run", str(reference_spec), "--quiet", "--workers", "1",
+              "--tracking-uri", reference_uri],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

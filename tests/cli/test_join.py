@@ -44,7 +44,7 @@ def test_rtlab_worker_processes_do_a_queued_sweep_each_run_exactly_once(store_wo
     assert {r.info.status for r in kids} == {"FINISHED"}
 
     # The next `rtlab run` finds everything done and closes the parent run.
-    again = CliRunner().invoke(app, ["run", str(spec), "--quiet"])
+    again = CliRunner().invoke(app, ["run", str(spec), "--quiet", "--workers", "1"])
     assert again.exit_code == 0 and "0 run(s) queued, 4 already finished" in again.output
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`rtlab.role` = 'parent'")
     assert parent.info.status == "FINISHED"

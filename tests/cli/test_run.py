@@ -19,7 +19,11 @@ runner = CliRunner()
 
 
 def invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
+    """`rtlab ARGS`; runs train in this process (one worker) unless the test says otherwise."""
+    argv = list(args)
+    if argv[0] == "run" and "--workers" not in argv:
+        argv += ["--workers", "1"]
+    return runner.invoke(app, argv, catch_exceptions=False)
 
 
 def store_uri(workdir: Path) -> str:

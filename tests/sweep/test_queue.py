@@ -81,3 +81,13 @@ def test_silent_trial_of_another_host_is_stale_after_the_grace_period(study):
     beat = frozen.system_attrs[run_queue.HEARTBEAT_ATTR]
     assert not run_queue.is_stale(frozen, now=beat + 10)
     assert run_queue.is_stale(frozen, now=beat + run_queue.STALE_AFTER_SECONDS + 1)
+
+
+def test_waiting_runs_the_spec_no_longer_plans_leave_the_queue(study):
+    for config_hash in ("kept", "edited_away"):
+        run_queue.enqueue(study, queued(config_hash))
+    assert run_queue.drop_waiting_except(study, {"kept"}) == ["edited_away"]
+    assert run_queue.pending_hashes(study) == {"kept"}
+    trial = run_queue.pop_waiting_trial(study)
+    assert run_queue.queued_hash(run_queue.frozen(study, trial)) == "kept"
+    assert run_queue.pop_waiting_trial(study) is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,32 +19,6 @@ from rtlab.track.store import HASH_TAG, PARENT_TAG, ROLE_TAG, ExperimentHandle
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
-LOCKED_RETRIES = 8
-
-
-class _RetryingClient:
-    """MlflowClient whose calls wait out a busy SQLite store ("database is locked": the write
-    did not happen, so repeating it is safe) instead of failing a finished run's bookkeeping."""
-
-    def __init__(self, client: MlflowClient) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            for attempt in range(LOCKED_RETRIES):
-                try:
-                    return attribute(*args, **kwargs)
-                except Exception as error:
-                    if "database is locked" not in str(error) or attempt == LOCKED_RETRIES - 1:
-                        raise
-                    time.sleep(min(0.2 * 2**attempt, 5.0))
-            raise AssertionError("unreachable")
-
-        return call
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -89,9 +62,7 @@ class ChildRun:
     def __init__(
         self, client: MlflowClient, run_id: str, resumed: bool, skip_through: dict[str, int]
     ) -> None:
-        self.client: Any = client if isinstance(client, _RetryingClient) else _RetryingClient(
-            client
-        )
+        self.client = client
         self.run_id = run_id
         self.resumed = resumed
         self.metrics = MetricLogger(client, run_id, skip_through)
@@ -110,7 +81,7 @@ class ChildRun:
         device: str,
         existing_run_id: str | None = None,
     ) -> ChildRun:
-        client: Any = _RetryingClient(MlflowClient(handle.tracking_uri))
+        client = MlflowClient(handle.tracking_uri)
         tags = child_tags(
             arm=arm, seed=seed, grid_point=grid_point, config_hash=config_hash, device=device
         )

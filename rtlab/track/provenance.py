@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -27,7 +28,8 @@ def provenance_tags() -> dict[str, str]:
     import torch  # late: keeps `import rtlab.track` light for the CLI
 
     source_dir = Path(rtlab.__file__).resolve().parent.parent
-    commit = _git(["rev-parse", "HEAD"], source_dir)
+    # An installed copy without git (a Docker image) carries its commit in RTLAB_GIT_COMMIT.
+    commit = _git(["rev-parse", "HEAD"], source_dir) or os.environ.get("RTLAB_GIT_COMMIT")
     # Untracked files (run state, caches) do not change what the code computes.
     status = _git(["status", "--porcelain", "--untracked-files=no"], source_dir)
     return {

@@ -160,6 +160,12 @@ def dense_reasoning_mask(T: int, n_tokens: int, delay: int, device: torch.device
     return reasoning_visibility(p[:, None], p[None, :], n_tokens, delay)
 
 
+# Compiled once per process. Dynamo keys its cache on flex_attention's code object, so each
+# distinct call signature (shape, grad mode, lse or not) adds one entry to that shared cache;
+# past torch._dynamo.config.recompile_limit (8) distinct signatures, later new ones run the slow
+# eager kernel (dynamo logs a warning). A training run uses few (train, eval, lse: <= 4 per
+# shape); generation uses dense masks, never this path. Separate torch.compile wrappers would
+# not help: they share the same code object's cache.
 _compiled_flex_attention = None
 
 
@@ -536,7 +542,8 @@ class GPT(nn.Module):
         if self.config.myopic != "off":
             # fused myopic reads FlexAttention's lse where the CPU flash kernel is unavailable;
             # fetched here, once per forward, so a compiled model breaks its graph once at most
-            if backend == "flex" or device.type == "cuda":
+            # (without autograd, myopic is plain causal attention and needs no mask)
+            if torch.is_grad_enabled() and (backend == "flex" or device.type == "cuda"):
                 return _cached_flex_mask(P, 0, 1, device)
             return None
         if r.n_tokens == 0:
@@ -548,12 +555,20 @@ class GPT(nn.Module):
             backend == "auto" and device.type == "cuda" and not attention_dropout
         ):
             return _cached_flex_mask(P, r.n_tokens, r.delay, device)
-        key = (P, str(device))
+        # One mask for the longest context, sliced: visibility depends only on slot indices,
+        # so its [:P, :P] corner is exactly the mask for P slots (generation's growing lengths
+        # share it instead of caching one mask per length).
+        key = str(device)
         mask = self._dense_mask_cache.get(key)
         if mask is None:
-            mask = dense_reasoning_mask(P // (r.n_tokens + 1), r.n_tokens, r.delay, device)
+            mask = dense_reasoning_mask(self.config.block_size, r.n_tokens, r.delay, device)
             self._dense_mask_cache[key] = mask
-        return mask
+        if P > mask.size(0):
+            raise ValueError(
+                f"{P} slots exceed block_size * (n_tokens+1) = {mask.size(0)} (block_size counts "
+                "timesteps)"
+            )
+        return mask[:P, :P]
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -617,13 +632,19 @@ class GPT(nn.Module):
     # -- compute ---------------------------------------------------------------------------------
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per original token (METHODS §6): every one of its n+1 slots costs
-        6N + 12*L*C*S with S = (n+1)*block_size the attended length in slots."""
+        """Training FLOPs per original token actually executed (METHODS §6, counting slots):
+        each of its n+1 slots costs 6N + 12*L*C*S with S = (n+1)*block_size the attended length
+        in slots, less the LM head (6*V*C) at the n reasoning slots, which the model never
+        computes unless loss_on_reasoning is on. METHODS §6's N includes the head at every
+        slot; rtlab counts the head at main slots only, the FLOPs really spent."""
         cfg = self.config
         n1 = cfg.slots_per_token
         N = self.num_params(non_embedding=True)
         S = n1 * cfg.block_size
-        return float(n1 * (6 * N + 12 * cfg.n_layer * cfg.n_embd * S))
+        flops = n1 * (6 * N + 12 * cfg.n_layer * cfg.n_embd * S)
+        if cfg.head == "lm" and not cfg.reasoning.loss_on_reasoning:
+            flops -= (n1 - 1) * 6 * cfg.vocab_size * cfg.n_embd
+        return float(flops)
 
     def configure_optimizers(
         self,

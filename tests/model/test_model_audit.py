@@ -38,14 +38,14 @@ def test_tiny_config_keeps_mode_fields_and_shrinks_shape():
 def test_audit_catches_a_reasoning_mask_that_ignores_the_delay():
     model = tiny_model(block_size=6, reasoning={"n_tokens": 2, "delay": 2})
     P = 18
-    model._dense_mask_cache[(P, "cpu")] = torch.ones(P, P, dtype=torch.bool).tril()
+    model._dense_mask_cache["cpu"] = torch.ones(P, P, dtype=torch.bool).tril()
     failed = {r.name for r in audit_model(model) if not r.passed}
     assert {"reasoning_delay", "no_own_loss"} <= failed  # step T-1 now reads step T-2
 
 
 def test_audit_catches_a_leaky_mask():
     model = tiny_model(block_size=6, reasoning={"n_tokens": 1, "delay": 1})
-    model._dense_mask_cache[(12, "cpu")] = torch.ones(12, 12, dtype=torch.bool)
+    model._dense_mask_cache["cpu"] = torch.ones(12, 12, dtype=torch.bool)
     failed = {r.name for r in audit_model(model) if not r.passed}
     assert "leak" in failed
 

@@ -35,15 +35,24 @@ def test_flops_per_token_follows_the_methods_formula(n_tokens, bias):
     N = hand_count_params(V, C, L, n_tokens, bias)
     assert model.num_params() == N
     n1 = n_tokens + 1
-    assert model.flops_per_token() == n1 * (6 * N + 12 * L * C * n1 * T)
+    # METHODS §6 less the LM head at the n reasoning slots, which the model never computes
+    assert model.flops_per_token() == n1 * (6 * N + 12 * L * C * n1 * T) - n_tokens * 6 * V * C
+
+
+def test_flops_per_token_counts_the_head_at_every_slot_when_reasoning_slots_take_the_loss():
+    V, C, L, T, n = 101, 48, 3, 20, 2
+    fields = dict(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C)
+    skipped = GPT(GPTConfig(**fields, reasoning={"n_tokens": n}))
+    computed = GPT(GPTConfig(**fields, reasoning={"n_tokens": n, "loss_on_reasoning": True}))
+    assert computed.flops_per_token() - skipped.flops_per_token() == n * 6 * V * C
 
 
 @pytest.mark.parametrize("n_tokens", [0, 2])
 def test_flops_per_token_matches_a_flop_counter_on_a_real_training_step(n_tokens):
     """FLOPs counted by torch's FlopCounterMode over forward + backward (math attention, so the
     attention matmuls are visible to it). The formula also counts what the counter cannot see
-    (norms, biases) and the LM head at reasoning slots, which the model skips: both are
-    accounted for exactly below."""
+    (norms, biases, slot vectors): accounted for exactly below. The LM head runs at main slots
+    only, and the formula counts it there only."""
     model = tiny_model(n_embd=64, n_head=4, block_size=16, reasoning={"n_tokens": n_tokens})
     model.train()
     x = torch.randint(0, model.config.vocab_size, (2, 16))
@@ -53,7 +62,6 @@ def test_flops_per_token_matches_a_flop_counter_on_a_real_training_step(n_tokens
     counted_per_token = counter.get_total_flops() / x.numel()
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     non_matmul_params = model.num_params() - matmul_params
-    lm_head = model.config.vocab_size * 64
     n1 = n_tokens + 1
-    expected = model.flops_per_token() - n1 * 6 * non_matmul_params - (n1 - 1) * 6 * lm_head
+    expected = model.flops_per_token() - n1 * 6 * non_matmul_params
     assert counted_per_token == pytest.approx(expected, rel=0.01)

@@ -41,3 +41,22 @@ def test_generate_refuses_the_regression_head():
     model = tiny_model(head="regression")
     with pytest.raises(ValueError, match="head"):
         model.generate(torch.zeros(1, 2, 2, dtype=torch.float64), 1)
+
+
+def test_generation_keeps_one_dense_mask_whatever_the_context_lengths():
+    """Every context length slices one block_size-sized mask; none is cached per length."""
+    model = tiny_model(block_size=12, reasoning={"n_tokens": 2, "delay": 1})
+    prompt, _ = tiny_batch(model, T=2)
+    model.generate(prompt, 20, top_k=1)  # lengths 2..12, then sliding at 12
+    assert len(model._dense_mask_cache) == 1
+    (mask,) = model._dense_mask_cache.values()
+    assert mask.shape == (12 * 3, 12 * 3)
+
+
+def test_sliced_dense_mask_equals_the_mask_built_for_that_length():
+    from rtlab.model.gpt import dense_reasoning_mask
+
+    model = tiny_model(block_size=12, reasoning={"n_tokens": 2, "delay": 2})
+    for T in (1, 5, 12):
+        sliced = model._attention_mask(T * 3, torch.device("cpu"))
+        assert torch.equal(sliced, dense_reasoning_mask(T, 2, 2, torch.device("cpu")))

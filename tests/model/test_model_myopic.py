@@ -28,21 +28,31 @@ def test_fused_and_explicit_myopic_give_the_same_parameter_gradients(myopic, hea
 
 @pytest.mark.parametrize("myopic", ["strict", "paper"])
 def test_fused_and_explicit_attention_agree_on_output_and_qkv_gradients_in_float32(myopic):
+    """On raw (q, k, v): strict reads past keys/values detached; paper reads them through a
+    parameter path, played here by k~ = k_leaf * 1 with its own leaf, whose gradient (the W_K,
+    W_V share) both implementations must also agree on."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 33, 8, generator=g, requires_grad=True) for _ in range(3))
     upstream = torch.randn(2, 3, 33, 8, generator=g)
+    weight_path = torch.ones(8, requires_grad=True)  # stands in for paper's W_K, W_V path
     results = []
     for attention in (myopic_attention_explicit, myopic_attention_fused):
-        for t in (q, k, v):
+        for t in (q, k, v, weight_path):
             t.grad = None
-        # strict cuts k, v; `paper` keeps a parameter path, which a plain leaf cannot show,
-        # so here both variants use detached copies and the model-level test covers `paper`.
-        k_cut, v_cut = k.detach(), v.detach()
+        if myopic == "strict":
+            k_cut, v_cut = k.detach(), v.detach()
+        else:
+            k_cut, v_cut = k.detach() * weight_path, v.detach() * weight_path
         out = attention(q, k, v, k_cut, v_cut)
         (out * upstream).sum().backward()
-        results.append((out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone()))
+        grads = [q.grad.clone(), k.grad.clone(), v.grad.clone()]
+        if myopic == "paper":
+            grads.append(weight_path.grad.clone())
+        else:
+            assert weight_path.grad is None
+        results.append((out.detach(), *grads))
     for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_strict_and_paper_differ_only_in_key_and_value_weight_gradients():
@@ -82,15 +92,34 @@ def test_paper_key_value_gradient_equals_autograd_through_detached_inputs():
     torch.testing.assert_close(grad_model, attn.c_attn.weight.grad, rtol=1e-10, atol=1e-13)
 
 
-def test_auto_uses_explicit_when_attention_dropout_is_on():
+def test_auto_uses_explicit_when_attention_dropout_is_on(monkeypatch):
+    import rtlab.model.gpt as gpt
+
+    calls = {"explicit": 0, "fused": 0}
+
+    def spy(name, real):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    real_explicit = gpt.myopic_attention_explicit
+    monkeypatch.setattr(gpt, "myopic_attention_explicit", spy("explicit", real_explicit))
+    monkeypatch.setattr(gpt, "myopic_attention_fused", spy("fused", gpt.myopic_attention_fused))
     model = tiny_model(myopic="strict", dropout=0.2).train()
     x, y = tiny_batch(model)
     torch.manual_seed(0)
     logits_a, loss = model(x, y)
-    loss.backward()  # runs: the explicit path supports dropout
+    loss.backward()
+    assert calls == {"explicit": model.config.n_layer, "fused": 0}
     torch.manual_seed(1)
     logits_b, _ = model(x, y)
     assert not torch.equal(logits_a, logits_b)  # dropout is really applied
+    # without dropout, auto picks the fused kernel (available on this CPU build)
+    calls.update(explicit=0, fused=0)
+    tiny_model(myopic="strict", dropout=0.0).train()(x, y)
+    assert calls == {"explicit": 0, "fused": model.config.n_layer}
 
 
 @pytest.mark.parametrize("myopic", ["strict", "paper"])

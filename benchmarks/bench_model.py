@@ -1,11 +1,13 @@
 """Training throughput of rtlab's GPT per mode, next to a minimal nanoGPT-style reference.
 
-Every mode (and the reference) trains the same shape on the same random batch; rounds are
-interleaved (ref, baseline, reasoning, ... then again) so that machine noise hits every mode
-alike, and the table reports medians. `ratio vs ref` is the median over rounds of
-(mode tokens/s) / (reference tokens/s) from the same round. On CPU with one thread the ratios
-use tokens per process-CPU-second, which other processes' load on a shared machine cannot skew;
-wall-clock tokens/s is shown too.
+Every mode (and the reference) trains the same shape on the same random batch. Modes are taken
+one at a time, in the order given: each is built and warmed up, then timed in interleaved rounds
+together with the anchors (reference and baseline, when asked for), so machine noise hits a mode
+and its anchors alike, and the table reports medians. `ratio vs ref` is the median over rounds of
+(mode tokens/s) / (reference tokens/s) from the same round. The table and JSON are rewritten
+after each mode, so a run cut short (timeout, --deadline-s) still leaves the modes it finished.
+On CPU with one thread the ratios use tokens per process-CPU-second, which other processes'
+load on a shared machine cannot skew; wall-clock tokens/s is shown too.
 
     python benchmarks/bench_model.py              # CPU, ~3 minutes
     python benchmarks/bench_model.py --quick      # CPU, ~30 seconds
@@ -35,8 +37,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from rtlab.model import GPT, GPTConfig
-from rtlab.model.device import autocast_context, peak_flops, resolve_device
+# importable without `pip install -e .` (sys.path[0] is benchmarks/ when run as a script)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rtlab.model import GPT, GPTConfig  # noqa: E402
+from rtlab.model.device import autocast_context, peak_flops, resolve_device  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The reference: a minimal straightforward GPT (nanoGPT's model, trimmed to what training needs).
@@ -165,86 +170,26 @@ def target_checks(rows: list[dict], preset: str, device: torch.device) -> list[s
     return checks
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
-    parser.add_argument("--modes", default=",".join(["reference", *MODES]))
-    parser.add_argument("--quick", action="store_true", help="about 30 s on CPU")
-    parser.add_argument("--out", type=Path, default=None, help="write table.md + results.json")
-    args = parser.parse_args(argv)
+ANCHORS = ("reference", "baseline")
 
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    rounds = args.rounds or (5 if args.quick else 20)
-    steps = args.steps or (2 if args.quick else 6)
-    if device.type == "cuda":
-        steps = args.steps or 10
-        rounds = args.rounds or 3
-    V, T, L, H, C, B = PRESETS[args.preset]
-    B = args.batch_size or B
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m != "reference" and m not in MODES]
-    if unknown:
-        parser.error(f"unknown mode(s) {unknown}; choose from reference, {', '.join(MODES)}")
 
-    def ctx_fn():
-        return autocast_context(device, args.dtype)
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, V, (B, T), generator=g).to(device)
-    y = torch.randint(0, V, (B, T), generator=g).to(device)
-
-    built = {}
-    for mode in modes:
-        model, optimizer, flops = build(mode, args.preset, device, args.compile)
-        t0 = time.perf_counter()
-        run_steps(model, optimizer, x, y, args.warmup, ctx_fn, device)  # compile, allocator
-        built[mode] = (model, optimizer, flops)
-        print(f"  warmed up {mode:24s} in {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
-
-    tokens_per_round = B * T * steps
-    # On a shared CPU box, other processes steal wall time but not this process's CPU time:
-    # with one thread, tokens per CPU-second measures the work itself, so ratios on CPU use it.
-    use_cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
-    rates: dict[str, list[float]] = {m: [] for m in modes}  # the basis of every ratio
-    wall_rates: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(rounds):
-        # rotate the order each round so no mode always runs right after a given other one
-        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
-            model, optimizer, _ = built[mode]
-            wall, cpu = run_steps(model, optimizer, x, y, steps, ctx_fn, device)
-            wall_rates[mode].append(tokens_per_round / wall)
-            rates[mode].append(tokens_per_round / (cpu if use_cpu_time else wall))
-        print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
-
-    baseline_flops = built["baseline"][2] if "baseline" in built else None
-    peak = peak_flops(device)
+def summarize(
+    modes_done: list[str], samples: dict, flops_of: dict, use_cpu_time: bool, peak: float | None
+) -> list[dict]:
+    """One row per finished mode from its per-round samples (each paired with the anchors'
+    rates measured in the same round)."""
+    baseline_flops = flops_of.get("baseline")
     rows = []
-    for mode in modes:
-        flops = built[mode][2] if mode != "reference" else baseline_flops
-        median_rate = statistics.median(rates[mode])
-        median_wall_rate = statistics.median(wall_rates[mode])
-        ratio_ref = (
-            statistics.median(a / b for a, b in zip(rates[mode], rates["reference"], strict=True))
-            if "reference" in rates
-            else math.nan
-        )
-        if "baseline" in rates and flops is not None and baseline_flops is not None:
-            time_ratio = statistics.median(
-                b / a for a, b in zip(rates[mode], rates["baseline"], strict=True)
-            )
+    for mode in modes_done:
+        runs = samples[mode]
+        flops = flops_of[mode] if mode != "reference" else baseline_flops
+        median_rate = statistics.median(s["rate"] for s in runs)
+        median_wall_rate = statistics.median(s["wall"] for s in runs)
+        with_ref = [s["rate"] / s["ref"] for s in runs if s["ref"] is not None]
+        ratio_ref = statistics.median(with_ref) if with_ref else math.nan
+        with_base = [s["base"] / s["rate"] for s in runs if s["base"] is not None]
+        if with_base and flops is not None and baseline_flops is not None:
+            time_ratio = statistics.median(with_base)
             flop_ratio = flops / baseline_flops
         else:
             time_ratio = flop_ratio = math.nan
@@ -259,21 +204,136 @@ def main(argv: list[str] | None = None) -> dict:
                 flop_ratio_vs_baseline=flop_ratio,
                 overhead_over_flop_ratio=time_ratio / flop_ratio,
                 mfu=mfu,
+                rounds=len(runs),
             )
         )
+    return rows
 
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per mode")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    parser.add_argument("--modes", default=",".join(["reference", *MODES]))
+    parser.add_argument("--quick", action="store_true", help="about 30 s on CPU")
+    parser.add_argument("--out", type=Path, default=None, help="write table.md + results.json")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="start no further mode once this many seconds would be exceeded (estimated from "
+        "the slowest mode so far); the modes finished are reported",
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rounds = args.rounds or (3 if args.quick else 8)
+    steps = args.steps or (2 if args.quick else 6)
+    if device.type == "cuda":
+        steps = args.steps or 10
+        rounds = args.rounds or 3
+    V, T, L, H, C, B = PRESETS[args.preset]
+    B = args.batch_size or B
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m != "reference" and m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from reference, {', '.join(MODES)}")
+    # anchors first, so every later mode is timed next to them
+    modes = [m for m in ANCHORS if m in modes] + [m for m in modes if m not in ANCHORS]
+
+    def ctx_fn():
+        return autocast_context(device, args.dtype)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (B, T), generator=g).to(device)
+    y = torch.randint(0, V, (B, T), generator=g).to(device)
+
+    tokens_per_round = B * T * steps
+    # On a shared CPU box, other processes steal wall time but not this process's CPU time:
+    # with one thread, tokens per CPU-second measures the work itself, so ratios on CPU use it.
+    use_cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
+    peak = peak_flops(device)
     header = (
         f"rtlab GPT training throughput: preset {args.preset} (V={V}, T={T}, L={L}, H={H}, "
         f"C={C}, B={B}), device {device.type}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", dtype {args.dtype}, compile {args.compile}, threads {torch.get_num_threads()}, "
-        f"{rounds} interleaved rounds x {steps} steps, medians; torch {torch.__version__}; "
+        f"{rounds} interleaved rounds x {steps} steps per mode (anchors timed in every round), "
+        f"medians; torch {torch.__version__}; "
         + (
             "ratios from process CPU time (1 thread: immune to other processes' load)"
             if use_cpu_time
             else "ratios from wall time"
         )
     )
+    out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+
+    built: dict[str, tuple] = {}
+    flops_of: dict[str, float | None] = {}
+    samples: dict[str, list[dict]] = {}
+    done: list[str] = []
+    slowest_mode_s = 0.0
+    result: dict = {"header": header, "rows": [], "samples": samples}
+    for mode in modes:
+        elapsed = time.perf_counter() - started
+        if args.deadline_s is not None and elapsed + slowest_mode_s > args.deadline_s:
+            print(
+                f"  deadline: skipping {mode} and later modes ({elapsed:.0f} s used)",
+                file=sys.stderr,
+            )
+            break
+        mode_t0 = time.perf_counter()
+        model, optimizer, flops = build(mode, args.preset, device, args.compile)
+        run_steps(model, optimizer, x, y, args.warmup, ctx_fn, device)  # compile, allocator
+        built[mode], flops_of[mode] = (model, optimizer), flops
+        print(f"  warmed up {mode:24s} in {time.perf_counter() - mode_t0:6.1f} s", file=sys.stderr)
+        group = [m for m in ANCHORS if m in built and m != mode] + [mode]
+        samples.setdefault(mode, [])
+        for r in range(rounds):
+            # rotate the order each round so no mode always runs right after a given other one
+            rates, walls = {}, {}
+            for m in group[r % len(group) :] + group[: r % len(group)]:
+                wall, cpu = run_steps(*built[m], x, y, steps, ctx_fn, device)
+                walls[m] = tokens_per_round / wall
+                rates[m] = tokens_per_round / (cpu if use_cpu_time else wall)
+            for m in group:
+                samples.setdefault(m, []).append(
+                    dict(
+                        rate=rates[m],
+                        wall=walls[m],
+                        ref=rates.get("reference"),
+                        base=rates.get("baseline"),
+                    )
+                )
+        done.append(mode)
+        slowest_mode_s = max(slowest_mode_s, time.perf_counter() - mode_t0)
+        print(f"  {mode} done ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr)
+        rows = summarize(done, samples, flops_of, use_cpu_time, peak)
+        table = render(header, rows, args.preset, device)
+        result["rows"] = rows
+        if out is not None:  # after every mode: a run cut short still leaves its numbers
+            out.mkdir(parents=True, exist_ok=True)
+            tag = f"bench_{args.preset}_{device.type}"
+            (out / f"{tag}.md").write_text(table + "\n")
+            (out / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    print(render(header, result["rows"], args.preset, device))
+    return result
+
+
+def render(header: str, rows: list[dict], preset: str, device: torch.device) -> str:
     lines = [
         header,
         "",
@@ -293,17 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
             f" | {fmt(row['flop_ratio_vs_baseline'], '.2f')}"
             f" | {fmt(row['overhead_over_flop_ratio'], '.2f')} | {fmt(row['mfu'], '.1%')} |"
         )
-    lines += ["", *target_checks(rows, args.preset, device)]
-    table = "\n".join(lines)
-    print(table)
-    result = {"header": header, "rows": rows, "rates": rates, "wall_rates": wall_rates}
-    out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        tag = f"bench_{args.preset}_{device.type}"
-        (out / f"{tag}.md").write_text(table + "\n")
-        (out / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str))
-    return result
+    lines += ["", *target_checks(rows, preset, device)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

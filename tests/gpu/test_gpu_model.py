@@ -130,3 +130,77 @@ def test_reasoning_with_attention_dropout_uses_the_dense_path_on_cuda():
     assert isinstance(model._attention_mask(64, torch.device("cuda")), torch.Tensor)
     model.eval()
     assert not isinstance(model._attention_mask(64, torch.device("cuda")), torch.Tensor)
+
+
+# ---- shapes spanning several FlexAttention blocks (128 slots each) ------------------------------
+# The small shapes above fit in one block, where a wrong block-level mask or a wrong lse across
+# blocks cannot show. These helpers take the device so they can be sanity-run on CPU through
+# the eager flex backend; the tests run them on CUDA.
+
+
+def multi_block_model(device: torch.device, backend: str, seed: int = 0, **mode) -> GPT:
+    torch.manual_seed(seed)
+    fields = {**SHAPE, "n_embd": 32, **mode}
+    return GPT(GPTConfig.from_dict(fields)).to(device).set_attention_backend(backend)
+
+
+def device_batch(device: torch.device, B: int, T: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, SHAPE["vocab_size"], (B, T), generator=g)
+    y = torch.randint(0, SHAPE["vocab_size"], (B, T), generator=g)
+    return x.to(device), y.to(device)
+
+
+def check_flex_equals_dense_across_blocks(device: torch.device) -> None:
+    mode = {"block_size": 200, "reasoning": {"n_tokens": 1, "delay": 2}}  # P = 400 slots
+    dense = multi_block_model(device, "dense", **mode)
+    flex = multi_block_model(device, "flex", **mode)
+    x, y = device_batch(device, B=2, T=200)
+    assert_same_function(dense, flex, x, y)
+
+
+def check_fused_equals_explicit_across_blocks(device: torch.device, myopic: str) -> None:
+    mode = {"block_size": 300, "myopic": myopic}
+    explicit = multi_block_model(device, "flex", myopic_impl="explicit", **mode)
+    fused = multi_block_model(device, "flex", myopic_impl="fused", **mode)
+    x, y = device_batch(device, B=2, T=300)
+    assert_same_function(explicit, fused, x, y)
+
+
+def relative_grad_error(grads: dict, reference: dict) -> float:
+    return max(
+        ((grads[n].float() - g.float()).norm() / g.float().norm().clamp_min(1e-30)).item()
+        for n, g in reference.items()
+    )
+
+
+def check_bf16_fused_close_to_explicit(device: torch.device, myopic: str) -> float:
+    """Under bf16 autocast both implementations round differently; the fused one must stay as
+    close to the float32 gradients as bf16 explicit does (within a small margin)."""
+    mode = {"block_size": 300, "myopic": myopic}
+    x, y = device_batch(device, B=2, T=300)
+    reference = multi_block_model(device, "flex", myopic_impl="explicit", **mode)
+    _, _, g_ref = logits_and_grads(reference, x, y)
+    errors = {}
+    for impl in ("explicit", "fused"):
+        model = multi_block_model(device, "flex", myopic_impl=impl, **mode)
+        with autocast_context(device, "bfloat16"):
+            _, _, grads = logits_and_grads(model, x, y)
+        errors[impl] = relative_grad_error(grads, g_ref)
+    assert errors["fused"] < 0.05, errors
+    assert errors["fused"] <= 2 * errors["explicit"] + 0.01, errors
+    return errors["fused"]
+
+
+def test_flex_reasoning_equals_dense_over_several_blocks():
+    check_flex_equals_dense_across_blocks(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("myopic", ["strict", "paper"])
+def test_fused_myopic_equals_explicit_over_several_blocks(myopic):
+    check_fused_equals_explicit_across_blocks(torch.device("cuda"), myopic)
+
+
+@pytest.mark.parametrize("myopic", ["strict", "paper"])
+def test_fused_myopic_stays_close_to_explicit_in_bf16(myopic):
+    check_bf16_fused_close_to_explicit(torch.device("cuda"), myopic)

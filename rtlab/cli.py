@@ -174,23 +174,27 @@ def show_summary(summary: Any, prepared: Any) -> None:
                           f"{value:.4f}" if value is not None else "",
                           outcome.get("failure_reason") or "")
         console.print(table)
+    from rtlab.plan.expand import grid_labels
     from rtlab.track import read_experiment_runs
 
     runs = read_experiment_runs(summary.experiment, summary.tracking_uri)
-    by_arm: dict[str, list[float]] = {}
+    # One row per (arm, grid point): the seeds of one configuration.
+    by_config: dict[tuple[str, str], list[float]] = {}
     for plan in prepared.plans:
         run = runs.get(plan.config_hash)
         if run is not None and run.info.status == "FINISHED":
             value = run.data.metrics.get("final_val_loss")
             if value is not None:
-                by_arm.setdefault(plan.run_name.rsplit("-s", 1)[0], []).append(value)
-    if by_arm:
+                labels = grid_labels(plan.grid_point)
+                point = ", ".join(f"{labels[key]}={val}" for key, val in plan.grid_point.items())
+                by_config.setdefault((plan.arm, point), []).append(value)
+    if by_config:
         table = Table(title="final val loss by arm (all finished seeds)")
-        for column in ("arm", "seeds", "mean", "sd"):
+        for column in ("arm", "grid point", "seeds", "mean", "sd"):
             table.add_column(column)
-        for arm, values in by_arm.items():
-            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-            table.add_row(arm, str(len(values)), f"{statistics.fmean(values):.4f}", f"{sd:.4f}")
+        for (arm, point), values in by_config.items():
+            sd = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "—"
+            table.add_row(arm, point, str(len(values)), f"{statistics.fmean(values):.4f}", sd)
         console.print(table)
     shares = summary.shares()
     console.print(
@@ -392,24 +396,13 @@ def worker(
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands of other parts, mounted when their module is present. They are imported only when
-# invoked: `rtlab report` pulls in pandas, scipy and matplotlib, which `rtlab run` does not need.
-
-
-def _module_present(module: str) -> bool:
-    """Whether rtlab/<...>.py or rtlab/<...>/ exists, without importing it (or its package)."""
-    relative = Path(*module.split(".")[1:])
-    package_root = Path(__file__).resolve().parent
-    return (package_root / relative).with_suffix(".py").exists() or (
-        package_root / relative / "__init__.py"
-    ).exists()
+# Commands of other parts. They are imported only when invoked: `rtlab report` pulls in pandas,
+# scipy and matplotlib, which `rtlab run` does not need.
 
 
 def _mount(name: str, module: str, attribute: str, help_text: str) -> None:
     """`rtlab NAME ...` imports `module.attribute` (a command function or a Typer app) and hands
     it the rest of the command line, --help included."""
-    if not _module_present(module):
-        return
 
     @app.command(
         name,
@@ -420,8 +413,8 @@ def _mount(name: str, module: str, attribute: str, help_text: str) -> None:
     def forward(ctx: typer.Context) -> None:
         try:
             target = getattr(importlib.import_module(module), attribute)
-        except Exception as error:  # a broken part must not take the whole CLI down
-            fail(f"rtlab {name} is unavailable: {module}: {type(error).__name__}: {error}", 1)
+        except ImportError as error:  # a broken install: one line, not a traceback
+            fail(f"rtlab {name}: cannot import {module}: {error}", 1)
         if not isinstance(target, typer.Typer):
             single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
             single.command()(target)

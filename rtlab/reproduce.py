@@ -176,33 +176,13 @@ def load_manifest(report_dir: Path) -> Manifest:
 
 
 def read_store_runs(tracking_uri: str, experiment: str) -> dict[str, RunRecord]:
-    """Child runs of `experiment` in the store, by config hash (the latest run per hash)."""
-    from mlflow.tracking import MlflowClient
+    """Child runs of `experiment` in the store, by config hash, picked as the report picks them
+    (rtlab.track: a FINISHED run wins; among several, the latest)."""
+    from rtlab.track import read_experiment_runs  # late: MLflow is heavy for `rtlab --help`
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return {}
-    runs = []
-    page_token = None
-    while True:
-        page = client.search_runs(
-            [found.experiment_id],
-            filter_string="tags.`rtlab.role` = 'child'",
-            max_results=1000,
-            page_token=page_token,
-        )
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            break
-    runs.sort(key=lambda run: run.info.start_time or 0)
     by_hash: dict[str, RunRecord] = {}
-    for run in runs:
+    for config_hash, run in read_experiment_runs(experiment, tracking_uri).items():
         tags = run.data.tags
-        config_hash = tags.get("rtlab.config_hash")
-        if not config_hash:
-            continue
         seed = tags.get("rtlab.seed")
         by_hash[config_hash] = RunRecord(
             config_hash=config_hash,
@@ -355,6 +335,7 @@ def render(comparison: Comparison, versions: list[tuple[str, str | None, str | N
 
 def current_versions() -> dict[str, str | None]:
     import rtlab
+    from rtlab.track.provenance import git_state
 
     try:
         from importlib.metadata import version
@@ -362,28 +343,14 @@ def current_versions() -> dict[str, str | None]:
         torch_version: str | None = version("torch")
     except Exception:  # noqa: BLE001 - any failure just means "unknown"
         torch_version = None
+    commit, dirty = git_state()
     return {
         "rtlab_version": rtlab.__version__,
         "python": platform.python_version(),
         "torch": torch_version,
-        "git_commit": os.environ.get("RTLAB_GIT_COMMIT") or _git_commit(),
+        "git_commit": commit,
+        "git_dirty": None if dirty is None else str(dirty),
     }
-
-
-def _git_commit() -> str | None:
-    source_dir = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=source_dir,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 # ---- rerunning -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from rtlab.report.tables import (
     summary_frame,
     summary_markdown_rows,
 )
+from rtlab.track.provenance import git_state
 
 
 @dataclass
@@ -90,27 +90,17 @@ def _spec_info_from(spec: object, path: str | None, text: str) -> SpecInfo:
 
 
 def load_spec_info(spec_path: Path) -> SpecInfo:
-    """Validate with rtlab.spec when it is importable; its errors become ReportError."""
+    """Validate with rtlab.spec; its errors become ReportError."""
+    from rtlab.spec import SpecError, load_spec
+
     if not spec_path.is_file():
         raise ReportError(f"{spec_path}: no such spec file")
     text = spec_path.read_text()
     try:
-        from rtlab.spec import load_spec  # the spec part may be absent in partial checkouts
-    except ImportError:
-        load_spec = None
-    if load_spec is not None:
-        try:
-            spec = load_spec(spec_path)
-        except Exception as error:  # SpecError: one line per problem, already names file/line
-            raise ReportError(str(error)) from error
-        return _spec_info_from(spec, str(spec_path), text)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ReportError(f"{spec_path}: not valid YAML: {error}") from error
-    if not isinstance(raw, dict) or not raw.get("name"):
-        raise ReportError(f"{spec_path}: name: missing (the experiment name)")
-    return _spec_info_from(raw, str(spec_path), text)
+        spec = load_spec(spec_path)
+    except SpecError as error:  # one line per problem, already names file/line
+        raise ReportError(str(error)) from error
+    return _spec_info_from(spec, str(spec_path), text)
 
 
 @contextlib.contextmanager
@@ -230,19 +220,6 @@ def _package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _current_git() -> tuple[str | None, bool | None]:
-    root = Path(rtlab.__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=5,
-                               check=True).stdout.strip() != ""
-        return commit, dirty
-    except (OSError, subprocess.SubprocessError):
-        return None, None
 
 
 def _most_common(values: pd.Series) -> str | None:
@@ -452,7 +429,7 @@ def _manifest(
     data: ExperimentData, spec: SpecInfo | None, created: str, seconds: dict[str, float]
 ) -> dict:
     runs = data.runs
-    report_commit, report_dirty = _current_git()
+    report_commit, report_dirty = git_state()
     dirty_tags = {str(v).lower() for v in runs["git_dirty"] if v} & {"true", "false"}
     return {
         "experiment": data.experiment_name,

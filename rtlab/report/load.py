@@ -14,8 +14,6 @@ import math
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -23,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
 from rtlab.report.errors import ReportError
+from rtlab.track.store import local_store_path, resolve_tracking_uri, store_exists
 
 PARENT, CHILD = "parent", "child"
 FINISHED = "FINISHED"
@@ -48,19 +47,11 @@ class ExperimentData:
 
 def check_store_exists(tracking_uri: str) -> None:
     """Refuse to read a local store that is not there: MLflow would silently create an empty one."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        # sqlite:///relative.db and sqlite:////abs.db: the path follows the third slash.
-        db_path = tracking_uri.split(":///", 1)[1] if ":///" in tracking_uri else ""
-        if db_path and db_path != ":memory:" and not Path(db_path).exists():
-            raise ReportError(
-                f"no MLflow store at {tracking_uri} (file {db_path} does not exist); "
-                "pass --tracking-uri or run `rtlab run` first"
-            )
-    elif parsed.scheme in ("", "file"):
-        store_dir = Path(parsed.path if parsed.scheme == "file" else tracking_uri)
-        if not store_dir.exists():
-            raise ReportError(f"no MLflow store at {tracking_uri} (directory does not exist)")
+    if not store_exists(tracking_uri):
+        raise ReportError(
+            f"no MLflow store at {tracking_uri} ({local_store_path(tracking_uri)} does not exist); "
+            "pass --tracking-uri or run `rtlab run` first"
+        )
 
 
 def grid_label(grid_point: dict) -> str:
@@ -187,21 +178,10 @@ def _tokens_per_step(params: dict[str, str]) -> float:
     return batch * accum * block
 
 
-def _resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """The tracker's resolution (given, else $MLFLOW_TRACKING_URI, else MLflow's default, made
-    absolute), so `rtlab report` reads the store `rtlab run` wrote."""
-    try:
-        from rtlab.track import resolve_tracking_uri
-    except ImportError:  # track absent in a partial checkout: MLflow's own resolution
-        import mlflow
-
-        return tracking_uri or mlflow.get_tracking_uri()
-    return resolve_tracking_uri(tracking_uri)
-
-
 def load_experiment(experiment_name: str, tracking_uri: str | None) -> ExperimentData:
     """Read one experiment's parent and child runs; raise ReportError when there is nothing."""
-    uri = _resolve_tracking_uri(tracking_uri)
+    # The tracker's resolution, so `rtlab report` reads the store `rtlab run` wrote.
+    uri = resolve_tracking_uri(tracking_uri)
     check_store_exists(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)

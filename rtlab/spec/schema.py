@@ -132,12 +132,10 @@ def model_section() -> type[BaseModel]:
     return _model_for_dataclass(GPTConfig, exclude=DATASET_DECIDES)
 
 
-def known_datasets() -> dict[str, dict[str, Any]] | None:
-    """Dataset name -> its options with defaults (`rtlab.data.DATASETS`), or None without them."""
-    try:
-        from rtlab.data import DATASETS
-    except ImportError:
-        return None
+def known_datasets() -> dict[str, dict[str, Any]]:
+    """Dataset name -> its options with defaults (`rtlab.data.DATASETS`)."""
+    from rtlab.data import DATASETS
+
     return {name: dict(getattr(entry, "defaults", {}) or {}) for name, entry in DATASETS.items()}
 
 
@@ -164,8 +162,6 @@ def check_data_section(section: dict[str, Any]) -> tuple[dict[str, Any] | None, 
         return None, issues_from_errors(error.errors(include_url=False), ("data",), section_tree())
     written = data.model_dump()
     datasets = known_datasets()
-    if datasets is None:  # the data package is not there: accept the section as written
-        return written, []
     if data.name not in datasets:
         hint = did_you_mean(data.name, list(datasets))
         known = ", ".join(sorted(datasets))

@@ -22,19 +22,28 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout.strip()
 
 
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the rtlab source tree; None for what cannot be known.
+
+    An installed copy without git (a Docker image) carries its commit in RTLAB_GIT_COMMIT.
+    Untracked files (run state, caches) do not change what the code computes, so they do not
+    make the tree dirty.
+    """
+    source_dir = Path(rtlab.__file__).resolve().parent.parent
+    commit = _git(["rev-parse", "HEAD"], source_dir) or os.environ.get("RTLAB_GIT_COMMIT") or None
+    status = _git(["status", "--porcelain", "--untracked-files=no"], source_dir)
+    return commit, (None if status is None else bool(status))
+
+
 @lru_cache(maxsize=1)
 def provenance_tags() -> dict[str, str]:
     """Tags shared by every run this process starts (computed once per process)."""
     import torch  # late: keeps `import rtlab.track` light for the CLI
 
-    source_dir = Path(rtlab.__file__).resolve().parent.parent
-    # An installed copy without git (a Docker image) carries its commit in RTLAB_GIT_COMMIT.
-    commit = _git(["rev-parse", "HEAD"], source_dir) or os.environ.get("RTLAB_GIT_COMMIT")
-    # Untracked files (run state, caches) do not change what the code computes.
-    status = _git(["status", "--porcelain", "--untracked-files=no"], source_dir)
+    commit, dirty = git_state()
     return {
         "rtlab.git_commit": commit or "unknown",
-        "rtlab.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "rtlab.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
         "rtlab.version": rtlab.__version__,
         "rtlab.python": platform.python_version(),
         "rtlab.torch": torch.__version__,

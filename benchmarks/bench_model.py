@@ -9,8 +9,8 @@ after each mode, so a run cut short (timeout, --deadline-s) still leaves the mod
 On CPU with one thread the ratios use tokens per process-CPU-second, which other processes'
 load on a shared machine cannot skew; wall-clock tokens/s is shown too.
 
-    python benchmarks/bench_model.py              # CPU, ~3 minutes
-    python benchmarks/bench_model.py --quick      # CPU, ~30 seconds
+    python benchmarks/bench_model.py              # CPU, ~1 minute
+    python benchmarks/bench_model.py --quick      # CPU, ~15 seconds
     python benchmarks/bench_model.py --preset gpt2 --device cuda --dtype bfloat16 --compile
     python benchmarks/bench_model.py --preset tiny --device cpu --compile   # smoke-test that path
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--modes", default=",".join(["reference", *MODES]))
-    parser.add_argument("--quick", action="store_true", help="about 30 s on CPU")
+    parser.add_argument("--quick", action="store_true", help="about 15 s on CPU")
     parser.add_argument("--out", type=Path, default=None, help="write table.md + results.json")
     parser.add_argument(
         "--deadline-s",

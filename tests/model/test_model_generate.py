@@ -60,3 +60,10 @@ def test_sliced_dense_mask_equals_the_mask_built_for_that_length():
     for T in (1, 5, 12):
         sliced = model._attention_mask(T * 3, torch.device("cpu"))
         assert torch.equal(sliced, dense_reasoning_mask(T, 2, 2, torch.device("cpu")))
+
+
+def test_inputs_embeds_longer_than_the_block_are_refused_by_name():
+    model = tiny_model(block_size=4, reasoning={"n_tokens": 1, "delay": 1})
+    E = torch.zeros(1, 2 * 5, model.config.n_embd, dtype=torch.float64)  # 5 steps > block_size 4
+    with pytest.raises(ValueError, match="block_size"):
+        model(None, inputs_embeds=E)

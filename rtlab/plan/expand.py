@@ -114,11 +114,12 @@ def plan_runs(
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"model": {"reasoning": {"n": 1}}}` -> `{"model.reasoning.n": 1}` (MLflow params)."""
+    """`{"model": {"reasoning": {"n": 1}}}` -> `{"model.reasoning.n": 1}` (MLflow params);
+    an empty section has no leaves and gives no key."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):
             flat.update(flatten_config(value, name + "."))
         else:
             flat[name] = value

@@ -105,9 +105,3 @@ def welch(
     return Comparison(
         n_a, n_b, delta, low, high, p_value, df, delta * scale, low * scale, high * scale
     )
-
-
-def mean_band(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high) of one step's values across seeds; low/high NaN when n < 2."""
-    s = summarize(values, confidence)
-    return s.mean, s.low, s.high

@@ -6,7 +6,7 @@ The MLflow schema written here is the one in docs/ARCHITECTURE.md ("MLflow schem
 
 from rtlab.track.logger import MetricLogger
 from rtlab.track.provenance import provenance_tags
-from rtlab.track.run import ChildRun, flatten_config, last_logged_steps, write_metrics_csv
+from rtlab.track.run import ChildRun, config_params, last_logged_steps, write_metrics_csv
 from rtlab.track.store import (
     HASH_TAG,
     ROLE_TAG,
@@ -29,9 +29,9 @@ __all__ = [
     "ExperimentHandle",
     "MetricLogger",
     "child_runs",
+    "config_params",
     "find_run_by_hash",
     "finish_parent",
-    "flatten_config",
     "last_logged_steps",
     "mark_parent_running",
     "provenance_tags",

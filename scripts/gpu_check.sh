@@ -51,7 +51,7 @@ else
   log "LEFT OUT tests/execute/test_trainer_gpu.py: pydantic/yaml not importable by $PY"
 fi
 if "$PY" -c "import pytest" 2>/dev/null; then
-  test_timeout=$(min 150 $(( $(left) - 240 )))  # keep >= 240 s for the benchmark
+  test_timeout=$(min 180 $(( $(left) - 240 )))  # keep >= 240 s for the benchmark
   if [ "$test_timeout" -ge 30 ]; then
     log "1/2 pytest -m gpu ${TESTS[*]} (timeout ${test_timeout}s)"
     timeout -k 5 "$test_timeout" "$PY" -m pytest -m gpu "${TESTS[@]}" -q -p no:cacheprovider \

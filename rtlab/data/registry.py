@@ -65,6 +65,11 @@ def load_dataset(
     return DATASETS[name].loader(resolved, directory, force)
 
 
+def load_data_section(section: dict[str, Any], data_dir: Path | None = None) -> Dataset:
+    """The dataset a spec's `data:` section names (`name` plus that dataset's options)."""
+    return load_dataset(section["name"], section, data_dir)
+
+
 def _register_all() -> None:
     from rtlab.data import corpora, external, synthetic
 

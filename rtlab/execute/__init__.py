@@ -7,6 +7,7 @@ from rtlab.execute.trainer import (
     TrainResult,
     build_model,
     learning_rate_at,
+    model_config,
     train,
 )
 
@@ -18,6 +19,7 @@ __all__ = [
     "build_model",
     "learning_rate_at",
     "load_checkpoint",
+    "model_config",
     "save_checkpoint",
     "train",
 ]

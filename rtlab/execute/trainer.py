@@ -110,8 +110,9 @@ def learning_rate_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
 
 
-def build_model(model_section: dict[str, Any], dataset: Any) -> GPT:
-    """The run's GPT: the `model:` section plus what the dataset decides (vocab or features)."""
+def model_config(model_section: dict[str, Any], dataset: Any) -> GPTConfig:
+    """The run's GPTConfig: the `model:` section plus what the dataset decides (vocab or
+    features). The one place this happens: the audit checks exactly what trains."""
     model_dict = dict(model_section)
     head = "regression" if dataset.task == "regression" else "lm"
     if model_dict.get("head", head) != head:
@@ -124,7 +125,12 @@ def build_model(model_section: dict[str, Any], dataset: Any) -> GPT:
         model_dict["n_features"] = dataset.n_features
     else:
         model_dict["vocab_size"] = dataset.vocab_size
-    return GPT(GPTConfig.from_dict(model_dict))
+    return GPTConfig.from_dict(model_dict)
+
+
+def build_model(model_section: dict[str, Any], dataset: Any) -> GPT:
+    """The run's GPT (see model_config)."""
+    return GPT(model_config(model_section, dataset))
 
 
 def seed_everything(seed: int) -> None:

@@ -53,7 +53,7 @@ def prepare_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] 
 
     Raises SpecError (the spec) or DataError (a dataset): both are bad input.
     """
-    from rtlab.data import load_dataset
+    from rtlab.data import load_data_section
     from rtlab.plan import plan_runs
     from rtlab.spec import load_spec
 
@@ -63,11 +63,22 @@ def prepare_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] 
     def fingerprint(data_section: dict[str, Any]) -> str:
         key = data_key(data_section)
         if key not in datasets:
-            options = {k: v for k, v in data_section.items() if k != "name"}
-            datasets[key] = load_dataset(data_section["name"], options)
+            datasets[key] = load_data_section(data_section)
         return datasets[key].fingerprint
 
     plans = plan_runs(spec, fingerprint)
+    # The model config each run will train (a head that does not fit its dataset is bad input).
+    from rtlab.execute import model_config
+    from rtlab.spec import Problem, SpecError
+
+    problems = []
+    for plan in plans:
+        try:
+            model_config(plan.config["model"], datasets[data_key(plan.config["data"])])
+        except ValueError as error:
+            problems.append(Problem(str(path), f"variants.{plan.arm}", str(error)))
+    if problems:
+        raise SpecError(problems)
     return PreparedExperiment(spec, plans, datasets)
 
 
@@ -87,15 +98,10 @@ class ArmAudit:
 
 
 def model_config_for(config: dict[str, Any], dataset: Any) -> Any:
-    """The run's GPTConfig: its `model:` section plus what the dataset decides."""
-    from rtlab.model import GPTConfig
+    """The run's GPTConfig, built as the trainer builds it (rtlab.execute.model_config)."""
+    from rtlab.execute import model_config
 
-    model = dict(config["model"])
-    if dataset.task == "regression":
-        model.update(head="regression", n_features=dataset.n_features)
-    else:
-        model.update(head=model.get("head", "lm"), vocab_size=dataset.vocab_size)
-    return GPTConfig.from_dict(model)
+    return model_config(config["model"], dataset)
 
 
 def audit_experiment(prepared: PreparedExperiment) -> list[ArmAudit]:

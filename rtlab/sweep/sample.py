@@ -87,7 +87,7 @@ def sample_from_run(
     import torch
     from mlflow import MlflowClient
 
-    from rtlab.data import DataError, load_dataset
+    from rtlab.data import DataError, load_data_section
     from rtlab.execute import load_checkpoint
     from rtlab.model import GPT, GPTConfig
     from rtlab.track import resolve_tracking_uri, store_exists
@@ -99,7 +99,7 @@ def sample_from_run(
     run = find_run(client, run_ref)
     data = data_section_of(client, run)
     try:
-        dataset = load_dataset(data["name"], {k: v for k, v in data.items() if k != "name"})
+        dataset = load_data_section(data)
     except DataError as error:
         raise SampleError(f"run {run.info.run_name}: data: {error}") from error
     if dataset.task != "lm":

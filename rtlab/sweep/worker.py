@@ -87,12 +87,11 @@ class _DatasetCache:
         self._loaded: dict[str, Any] = {}
 
     def get(self, data_section: dict[str, Any]) -> Any:
-        from rtlab.data import load_dataset
+        from rtlab.data import load_data_section
 
         key = json.dumps(data_section, sort_keys=True, default=str)
         if key not in self._loaded:
-            options = {k: v for k, v in data_section.items() if k != "name"}
-            self._loaded[key] = load_dataset(data_section["name"], options)
+            self._loaded[key] = load_data_section(data_section)
         return self._loaded[key]
 
 

@@ -183,6 +183,15 @@ def test_check_prints_a_pass_table_for_each_arm(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
+def test_check_rejects_a_head_that_does_not_fit_the_dataset(workdir):
+    # The audit checks the config the trainer builds: a mismatch is bad input, not a silent fix.
+    spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
+    result = invoke("check", str(spec), "--set", "base.model.head=regression")
+    assert result.exit_code == 2, result.output
+    assert "variants.baseline" in result.output and "model.head" in result.output
+    assert not (workdir / "mlflow.db").exists()
+
+
 def test_validate_counts_runs_without_touching_stores(workdir):
     spec = write_spec(workdir, seeds="[0, 1, 2]")
     result = invoke("validate", str(spec))

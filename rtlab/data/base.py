@@ -9,7 +9,7 @@ to checkpoint.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +28,19 @@ class DataError(ValueError):
     """Bad data input (missing file, unknown dataset, bad option...); the message names it."""
 
 
-def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def did_you_mean(word: object, candidates: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest candidate, or "" when nothing is close.
+
+    The one suggestion helper of rtlab (data and spec errors use it).
+    """
+    if not isinstance(word, str):
+        return ""
+    options = sorted(set(candidates))
+    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not matches:
+        # difflib compares case-sensitively; catch pure case slips such as `N_Layer`.
+        matches = [o for o in options if o.lower() == word.lower()]
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
 def batch_generator(seed: int, split: str, index: int) -> np.random.Generator:

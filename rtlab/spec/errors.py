@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -49,13 +48,8 @@ class SpecError(ValueError):
 
 
 def did_you_mean(word: object, candidates: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest candidate, or "" when nothing is close."""
-    if not isinstance(word, str):
-        return ""
-    options = sorted(set(candidates))
-    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if not matches:
-        # difflib compares case-sensitively; catch pure case slips such as `N_Layer`.
-        lowered = [o for o in options if o.lower() == word.lower()]
-        matches = lowered
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
+    """rtlab.data's suggestion helper (the one implementation), imported late: `rtlab.data`
+    imports torch, and reading a spec need not."""
+    from rtlab.data.base import did_you_mean as suggest
+
+    return suggest(word, candidates)

@@ -25,77 +25,26 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
 
 from rtlab.data import default_data_dir, load_dataset
+from rtlab.model import GPT, GPTConfig
 
 BATCH, BLOCK, N_LAYER, N_HEAD, N_EMBD, DROPOUT = 64, 256, 6, 6, 384, 0.2
 
 
-class MinimalBlock(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(N_EMBD), nn.LayerNorm(N_EMBD)
-        self.qkv, self.proj = nn.Linear(N_EMBD, 3 * N_EMBD), nn.Linear(N_EMBD, N_EMBD)
-        self.mlp = nn.Sequential(
-            nn.Linear(N_EMBD, 4 * N_EMBD),
-            nn.GELU(),
-            nn.Linear(4 * N_EMBD, N_EMBD),
-            nn.Dropout(DROPOUT),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
-        q, k, v = (z.view(b, t, N_HEAD, c // N_HEAD).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=DROPOUT if self.training else 0.0
-        )
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
-        return x + self.mlp(self.ln2(x))
-
-
-class MinimalGPT(nn.Module):
-    """Fallback when rtlab.model is not there: nanoGPT's shape, tied embeddings."""
-
-    def __init__(self, vocab_size: int) -> None:
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab_size, N_EMBD), nn.Embedding(BLOCK, N_EMBD)
-        self.blocks = nn.ModuleList(MinimalBlock() for _ in range(N_LAYER))
-        self.ln_f = nn.LayerNorm(N_EMBD)
-        self.head = nn.Linear(N_EMBD, vocab_size, bias=False)
-        self.head.weight = self.wte.weight
-
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head(self.ln_f(x))
-        return logits, F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
-
-
-def build_model(vocab_size: int) -> tuple[nn.Module, torch.optim.Optimizer, str]:
-    try:
-        from rtlab.model import GPT, GPTConfig
-
-        config = GPTConfig(
-            vocab_size=vocab_size,
-            block_size=BLOCK,
-            n_layer=N_LAYER,
-            n_head=N_HEAD,
-            n_embd=N_EMBD,
-            dropout=DROPOUT,
-            bias=False,
-        )
-        model = GPT(config)
-        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-        return model, optimizer, "rtlab.model.GPT"
-    except ImportError:
-        model = MinimalGPT(vocab_size)
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-3), "MinimalGPT (fallback)"
+def build_model(vocab_size: int) -> tuple[GPT, torch.optim.Optimizer]:
+    """nanoGPT's shakespeare_char shape: the step the batch time is compared with."""
+    config = GPTConfig(
+        vocab_size=vocab_size,
+        block_size=BLOCK,
+        n_layer=N_LAYER,
+        n_head=N_HEAD,
+        n_embd=N_EMBD,
+        dropout=DROPOUT,
+        bias=False,
+    )
+    model = GPT(config)
+    return model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
 
 
 def main() -> int:
@@ -124,10 +73,10 @@ def main() -> int:
             f"(preparation {dataset.meta['prepare_seconds']} s), vocab {dataset.vocab_size}, "
             f"{dataset.meta['sizes']['train_tokens']:,} train tokens"
         )
-        model, optimizer, kind = build_model(dataset.vocab_size or 0)
+        model, optimizer = build_model(dataset.vocab_size or 0)
         n_params = sum(p.numel() for p in model.parameters())
         print(
-            f"model: {kind}, {n_params / 1e6:.2f}M parameters, batch {BATCH} x {BLOCK}, "
+            f"model: rtlab.model.GPT, {n_params / 1e6:.2f}M parameters, batch {BATCH} x {BLOCK}, "
             f"{torch.get_num_threads()} torch threads"
         )
         model.train()
@@ -135,7 +84,7 @@ def main() -> int:
         def train_step(step: int) -> float:
             x, y = dataset.batch("train", step, BATCH, BLOCK, seed=1337)
             t0 = time.perf_counter()
-            _, loss = model(x, targets=y) if kind != "MinimalGPT (fallback)" else model(x, y)
+            _, loss = model(x, targets=y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -168,7 +117,7 @@ def main() -> int:
         )
         verdict = "PASS" if ratio < 0.02 else "FAIL"
         print(f"batch building (64 x 256, shakespeare_char): median {batch_ms:.3f} ms")
-        print(f"CPU training step ({kind}): median {step_ms:.0f} ms")
+        print(f"CPU training step (rtlab.model.GPT): median {step_ms:.0f} ms")
         print(f"ratio: {100 * ratio:.4f}% of a step (bar: < 2%) -> {verdict}")
         for name in ("precache_synthetic", "precache_discrete"):
             synthetic = load_dataset(name, {})

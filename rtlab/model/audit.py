@@ -8,7 +8,6 @@ a whole arm is audited in a fraction of a second on CPU.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -28,16 +27,9 @@ def tiny_config(config: GPTConfig) -> GPTConfig:
     """Same training-mode fields, tiny shape, no dropout; long enough for every delay check."""
     r = config.reasoning
     T = max(6, 2 * r.delay + 2)
-    return dataclasses.replace(
-        config,
-        vocab_size=min(config.vocab_size, 32),
-        block_size=T,
-        n_layer=2,
-        n_head=2,
-        n_embd=16,
-        dropout=0.0,
-        reasoning=dataclasses.replace(r),
-    )
+    tiny = {"vocab_size": min(config.vocab_size, 32), "block_size": T, "n_layer": 2, "n_head": 2,
+            "n_embd": 16, "dropout": 0.0}
+    return GPTConfig.model_validate({**config.model_dump(), **tiny})
 
 
 def _inputs(config: GPTConfig, B: int, T: int, generator: torch.Generator):

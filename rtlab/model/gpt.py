@@ -14,129 +14,21 @@ Attention backends, chosen per forward pass:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import types
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-MAX_REASONING_TOKENS = 8
+from rtlab.config import GPTConfig
 
 # ----------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass
-class ReasoningConfig:
-    """Reasoning slots appended after every token (METHODS §2). n_tokens=0 means none."""
-
-    n_tokens: int = 0
-    delay: int = 1
-    input: Literal["duplicate", "learned"] = "duplicate"
-    loss_on_reasoning: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.n_tokens, int) or isinstance(self.n_tokens, bool):
-            raise ValueError(f"reasoning.n_tokens must be an integer, got {self.n_tokens!r}")
-        if not 0 <= self.n_tokens <= MAX_REASONING_TOKENS:
-            raise ValueError(
-                f"reasoning.n_tokens must be in 0..{MAX_REASONING_TOKENS}, got {self.n_tokens}"
-            )
-        if not isinstance(self.delay, int) or isinstance(self.delay, bool) or self.delay < 1:
-            raise ValueError(f"reasoning.delay must be an integer >= 1, got {self.delay!r}")
-        if self.input not in ("duplicate", "learned"):
-            raise ValueError(
-                f"reasoning.input must be 'duplicate' or 'learned', got {self.input!r}"
-            )
-        if not isinstance(self.loss_on_reasoning, bool):
-            raise ValueError(
-                f"reasoning.loss_on_reasoning must be true or false, got {self.loss_on_reasoning!r}"
-            )
-
-
-@dataclass
-class GPTConfig:
-    """nanoGPT's config fields plus the training-mode fields. Plain data: YAML maps onto it."""
-
-    vocab_size: int = 50304
-    block_size: int = 1024  # timesteps (original tokens), not slots
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
-    myopic: Literal["off", "strict", "paper"] = "off"
-    myopic_impl: Literal["auto", "explicit", "fused"] = "auto"
-    head: Literal["lm", "regression"] = "lm"
-    n_features: int = 2  # regression input width (METHODS §5 reads (x_n, z_n))
-    huber_delta: float = 1.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.reasoning, dict):
-            self.reasoning = ReasoningConfig(**self.reasoning)
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_features"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.myopic not in ("off", "strict", "paper"):
-            raise ValueError(f"myopic must be 'off', 'strict' or 'paper', got {self.myopic!r}")
-        if self.myopic_impl not in ("auto", "explicit", "fused"):
-            raise ValueError(
-                f"myopic_impl must be 'auto', 'explicit' or 'fused', got {self.myopic_impl!r}"
-            )
-        if self.myopic_impl == "fused" and self.dropout > 0:
-            raise ValueError(
-                "myopic_impl: 'fused' needs dropout 0 (the fused kernel has no attention "
-                "dropout); use 'explicit' or 'auto'"
-            )
-        if self.head not in ("lm", "regression"):
-            raise ValueError(f"head must be 'lm' or 'regression', got {self.head!r}")
-        if not float(self.huber_delta) > 0:
-            raise ValueError(f"huber_delta must be > 0, got {self.huber_delta!r}")
-        if self.myopic != "off" and self.reasoning.n_tokens > 0:
-            # Myopic training cuts every cross-position gradient, so reasoning slots (which have
-            # no loss of their own) would never be trained: the combination measures nothing.
-            raise ValueError(
-                "myopic and reasoning.n_tokens > 0 cannot be combined: myopic training cuts all "
-                "gradients between positions, so reasoning slots would receive none"
-            )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model field(s): {', '.join(unknown)}")
-        d = dict(d)
-        reasoning = d.get("reasoning") or {}  # a YAML `reasoning:` with nothing under it
-        if isinstance(reasoning, dict):
-            known_r = {f.name for f in dataclasses.fields(ReasoningConfig)}
-            unknown_r = sorted(set(reasoning) - known_r)
-            if unknown_r:
-                raise ValueError(
-                    "unknown model field(s): " + ", ".join(f"reasoning.{k}" for k in unknown_r)
-                )
-            d["reasoning"] = ReasoningConfig(**reasoning)
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def slots_per_token(self) -> int:
-        return self.reasoning.n_tokens + 1
-
+# Config: rtlab.config holds it (torch-free, shared with the spec); fields as in nanoGPT's GPTConfig
+# plus the training modes: reasoning (METHODS §2), myopic (§3), head (§5).
 
 # ----------------------------------------------------------------------------------------------
 # Attention masks for reasoning slots (METHODS §2)

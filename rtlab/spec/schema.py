@@ -1,9 +1,7 @@
-"""The experiment file's schema: top-level structure, the three config sections, and the key tree.
+"""The experiment file's schema: top-level structure, the key tree, and checking the sections.
 
-The `model:` section is not declared here: its pydantic model is derived from
-`rtlab.model.GPTConfig` (a plain dataclass with precise annotations), so the model file stays the
-one place its fields live.
-`vocab_size` and `n_features` are left out: the dataset decides them.
+The sections' types (`ModelConfig`, `TrainConfig`, `DataConfig`) live in `rtlab.config`; this
+module turns their validation errors into located, readable issues.
 """
 
 from __future__ import annotations
@@ -11,17 +9,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rtlab.config import DATASET_DECIDES, DEFER_CROSS_CHECKS, ModelConfig, TrainConfig
 from rtlab.spec.errors import did_you_mean
-from rtlab.spec.train import DEFER_CROSS_CHECKS, TrainConfig
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 SECTIONS = ("data", "model", "train")
-DATASET_DECIDES = ("vocab_size", "n_features")  # model fields taken from the dataset, not the spec
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # used in directory names and MLflow names
 
 ARM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: `--set variants.ARM...` splits on them
@@ -105,33 +101,6 @@ class DataSection(BaseModel):
 # The model section, derived from GPTConfig
 
 
-def _model_for_dataclass(cls: type, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
-    """A strict, extra-forbidding pydantic model with the dataclass's fields, types and defaults."""
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
-        annotation = hints[f.name]
-        if dataclasses.is_dataclass(annotation):
-            nested = _model_for_dataclass(annotation)  # type: ignore[arg-type]
-            fields[f.name] = (nested, Field(default_factory=nested))
-        elif f.default is not dataclasses.MISSING:
-            fields[f.name] = (annotation, f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            fields[f.name] = (annotation, Field(default_factory=f.default_factory))
-        else:
-            fields[f.name] = (annotation, ...)
-    return create_model(f"{cls.__name__}Section", __config__=STRICT, **fields)
-
-
-@functools.cache
-def model_section() -> type[BaseModel]:
-    from rtlab.model import GPTConfig  # imports torch: only when a spec is actually checked
-
-    return _model_for_dataclass(GPTConfig, exclude=DATASET_DECIDES)
-
-
 def known_datasets() -> dict[str, dict[str, Any]]:
     """Dataset name -> its options with defaults (`rtlab.data.DATASETS`)."""
     from rtlab.data import DATASETS
@@ -208,7 +177,7 @@ def _tree_of(model: type[BaseModel]) -> dict[str, Any]:
 def section_tree() -> dict[str, Any]:
     return {
         "data": {"name": None, ANY: None},  # open: options belong to the dataset
-        "model": _tree_of(model_section()),
+        "model": _tree_of(ModelConfig),
         "train": _tree_of(TrainConfig),
     }
 
@@ -297,17 +266,6 @@ def issues_from_errors(
     return issues
 
 
-def _field_named_in(message: str, fields: typing.Iterable[str]) -> str | None:
-    """The field a GPTConfig ValueError is about: its message starts with the field's name."""
-    match = re.match(r"[A-Za-z_][A-Za-z0-9_.]*", message)
-    if match:
-        head = match.group(0).rstrip(".")
-        for name in sorted(fields, key=len, reverse=True):
-            if head == name or head.startswith(name + "."):
-                return head
-    return None
-
-
 def check_sections(sections: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
     """Validate {data, model, train} dicts. Returns (fully resolved sections or None, issues)."""
     issues: list[Issue] = []
@@ -318,28 +276,16 @@ def check_sections(sections: dict[str, Any]) -> tuple[dict[str, Any] | None, lis
     if data is not None:
         resolved["data"] = data
 
-    section = model_section()
-    try:
-        model = section.model_validate(sections.get("model") or {})
-        resolved["model"] = model.model_dump()
-        from rtlab.model import GPTConfig
-
+    for name, section in (("model", ModelConfig), ("train", TrainConfig)):
         try:
-            GPTConfig.from_dict(resolved["model"])  # its own checks (cross-field rules)
-        except ValueError as error:
-            field = _field_named_in(str(error), section.model_fields)
-            loc = ("model", *field.split(".")) if field else ("model",)
-            issues.append(Issue(loc, str(error)))
-    except ValidationError as error:
-        issues += issues_from_errors(error.errors(include_url=False), ("model",), section_tree())
-
-    try:
-        train = TrainConfig.model_validate(
-            sections.get("train") or {}, context={DEFER_CROSS_CHECKS: True}
-        )
-        resolved["train"] = train.model_dump()
-        issues += [Issue(("train", key), message) for key, message in train.cross_field_problems()]
-    except ValidationError as error:
-        issues += issues_from_errors(error.errors(include_url=False), ("train",), section_tree())
+            value = section.model_validate(
+                sections.get(name) or {}, context={DEFER_CROSS_CHECKS: True}
+            )
+        except ValidationError as error:
+            tree = section_tree()
+            issues += issues_from_errors(error.errors(include_url=False), (name,), tree)
+            continue
+        resolved[name] = value.model_dump()
+        issues += [Issue((name, *loc), message) for loc, message in value.cross_field_problems()]
 
     return (resolved if not issues else None), issues

@@ -1,0 +1,49 @@
+"""Every name rtlab writes into MLflow, defined once: tags, params, metrics, artifacts.
+
+The report, reproduce, status and sample read runs back through `rtlab.track`, which uses these;
+nothing outside `rtlab.track` spells them out.
+"""
+
+from __future__ import annotations
+
+# Tags on every run
+ROLE_TAG = "rtlab.role"  # PARENT or CHILD
+PARENT, CHILD = "parent", "child"
+MLFLOW_PARENT_TAG = "mlflow.parentRunId"  # MLflow nests child runs under their parent by it
+SPEC_PATH_TAG = "rtlab.spec_path"  # parent: the file `rtlab run` read
+
+# Tags on child runs
+ARM_TAG = "rtlab.arm"
+SEED_TAG = "rtlab.seed"
+GRID_POINT_TAG = "rtlab.grid_point"  # JSON
+HASH_TAG = "rtlab.config_hash"
+DEVICE_TAG = "rtlab.device"
+FAILURE_TAG = "rtlab.failure_reason"
+
+# Provenance tags (rtlab.track.provenance)
+GIT_COMMIT_TAG = "rtlab.git_commit"
+GIT_DIRTY_TAG = "rtlab.git_dirty"
+VERSION_TAG = "rtlab.version"
+PYTHON_TAG = "rtlab.python"
+TORCH_TAG = "rtlab.torch"
+HOST_TAG = "rtlab.host"
+PLATFORM_TAG = "rtlab.platform"
+
+# Experiment tags
+NOTE_TAG = "mlflow.note.content"  # the experiment's description in the MLflow UI
+
+# Params besides the flattened config (`model.n_layer`, `train.learning_rate`, ...)
+SEED_PARAM = "seed"
+FLOPS_PER_TOKEN_PARAM = "flops_per_token"
+
+# Metrics (step = optimizer step)
+TRAIN_LOSS, VAL_LOSS = "train_loss", "val_loss"
+FINAL_TRAIN_LOSS, FINAL_VAL_LOSS = "final_train_loss", "final_val_loss"
+BEST_VAL_LOSS = "best_val_loss"
+SUMMARY_METRICS = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, BEST_VAL_LOSS)
+
+# Artifacts of a child run
+CONFIG_ARTIFACT = "config.yaml"
+METRICS_ARTIFACT = "metrics.csv"
+SAMPLE_ARTIFACT = "sample.txt"
+CHECKPOINT_DIR = "checkpoint"

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -205,6 +205,18 @@ class DataConfig(BaseModel):
 # One run, resolved
 
 
+class Sections(NamedTuple):
+    """The three checked sections of an arm at a grid point, every default filled in."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def as_dict(self) -> dict[str, Any]:
+        """{data, model, train} as plain values: what the hash covers and what runs log."""
+        return {name: section.model_dump() for name, section in self._asdict().items()}
+
+
 class RunConfig(BaseModel):
     """One run, fully resolved: an arm of an experiment at a grid point with a seed.
 
@@ -225,11 +237,7 @@ class RunConfig(BaseModel):
 
     def sections(self) -> dict[str, Any]:
         """{data, model, train} as plain values: what the hash covers and what runs log."""
-        return {
-            "data": self.data.model_dump(),
-            "model": self.model.model_dump(),
-            "train": self.train.model_dump(),
-        }
+        return Sections(self.data, self.model, self.train).as_dict()
 
     @property
     def config_hash(self) -> str:

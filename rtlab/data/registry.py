@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rtlab.config import DataConfig
 from rtlab.data.base import DataError, Dataset, did_you_mean
 from rtlab.data.cache import default_data_dir
 
@@ -65,9 +66,9 @@ def load_dataset(
     return DATASETS[name].loader(resolved, directory, force)
 
 
-def load_data_section(section: dict[str, Any], data_dir: Path | None = None) -> Dataset:
-    """The dataset a spec's `data:` section names (`name` plus that dataset's options)."""
-    return load_dataset(section["name"], section, data_dir)
+def load_data_section(data: DataConfig, data_dir: Path | None = None) -> Dataset:
+    """The dataset a run's `data:` section names (`name` plus that dataset's options)."""
+    return load_dataset(data.name, data.options, data_dir)
 
 
 def _register_all() -> None:

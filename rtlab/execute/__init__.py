@@ -6,8 +6,8 @@ from rtlab.execute.trainer import (
     TrainingDiverged,
     TrainResult,
     build_model,
+    gpt_config,
     learning_rate_at,
-    model_config,
     train,
 )
 
@@ -19,7 +19,7 @@ __all__ = [
     "build_model",
     "learning_rate_at",
     "load_checkpoint",
-    "model_config",
+    "gpt_config",
     "save_checkpoint",
     "train",
 ]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rtlab.config import GPTConfig, ModelConfig, RunConfig, TrainConfig
 from rtlab.execute.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -39,9 +40,8 @@ from rtlab.execute.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from rtlab.model import GPT, GPTConfig
+from rtlab.model import GPT
 from rtlab.model.device import autocast_context, peak_flops, resolve_device
-from rtlab.spec import TrainConfig
 
 # Evaluation batches are drawn with this seed, whatever the run's seed: every evaluation of every
 # arm and every seed replicate sees exactly the same data, so loss differences come from the models.
@@ -110,27 +110,25 @@ def learning_rate_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
 
 
-def model_config(model_section: dict[str, Any], dataset: Any) -> GPTConfig:
+def gpt_config(model: ModelConfig, dataset: Any) -> GPTConfig:
     """The run's GPTConfig: the `model:` section plus what the dataset decides (vocab or
     features). The one place this happens: the audit checks exactly what trains."""
-    model_dict = dict(model_section)
     head = "regression" if dataset.task == "regression" else "lm"
-    if model_dict.get("head", head) != head:
+    if model.head != head:
         raise ValueError(
-            f"model.head: '{model_dict['head']}' does not fit dataset '{dataset.name}' "
+            f"model.head: '{model.head}' does not fit dataset '{dataset.name}' "
             f"(task '{dataset.task}' needs head '{head}')"
         )
-    model_dict["head"] = head
     if head == "regression":
-        model_dict["n_features"] = dataset.n_features
+        decided = {"n_features": dataset.n_features}
     else:
-        model_dict["vocab_size"] = dataset.vocab_size
-    return GPTConfig.from_dict(model_dict)
+        decided = {"vocab_size": dataset.vocab_size}
+    return GPTConfig.model_validate({**model.model_dump(), **decided})
 
 
-def build_model(model_section: dict[str, Any], dataset: Any) -> GPT:
-    """The run's GPT (see model_config)."""
-    return GPT(model_config(model_section, dataset))
+def build_model(model: ModelConfig, dataset: Any) -> GPT:
+    """The run's GPT (see gpt_config)."""
+    return GPT(gpt_config(model, dataset))
 
 
 def seed_everything(seed: int) -> None:
@@ -202,13 +200,12 @@ def check_finite(value: float, quantity: str, step: int) -> None:
         )
 
 
-def run_identity(config: dict[str, Any], seed: int, data_fingerprint: str) -> str:
+def run_identity(run: RunConfig, data_fingerprint: str) -> str:
     """What a checkpoint must agree on to be resumed: everything that changes the computation."""
-    train_section = {
-        k: v for k, v in config.get("train", {}).items() if k not in RESUMABLE_ACROSS
-    }
-    identity = {"data": config.get("data"), "model": config.get("model"),
-                "train": train_section, "seed": seed, "data_fingerprint": data_fingerprint}
+    sections = run.sections()
+    train_section = {k: v for k, v in sections["train"].items() if k not in RESUMABLE_ACROSS}
+    identity = {"data": sections["data"], "model": sections["model"], "train": train_section,
+                "seed": run.seed, "data_fingerprint": data_fingerprint}
     return json.dumps(identity, sort_keys=True, default=str)
 
 
@@ -222,220 +219,219 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 def train(
-    config: dict[str, Any],
-    seed: int,
+    run: RunConfig,
     run_dir: Path,
     dataset: Any,
     on_metrics: MetricsCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train one run (config = resolved {data, model, train}); resume from run_dir/ckpt.pt if there.
+    """Train one run; resume from run_dir/ckpt.pt if there.
 
     Raises TrainingDiverged on a NaN/inf loss or gradient norm, ValueError on a config that does
     not fit the dataset or a checkpoint written for another config.
     """
     wall_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    setup_start = time.perf_counter()
-    cfg = TrainConfig.model_validate(config["train"])
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    autocast = lambda: autocast_context(device, cfg.dtype)  # noqa: E731
+    loop = TrainingLoop(run, Path(run_dir), dataset, on_metrics, on_checkpoint)
+    # Step 0: the untrained model, so every curve starts from the same place.
+    if loop.step == 0 and not loop.history:
+        loop.report(0, loop.eval_metrics(0))
+    status = loop.run_steps(should_stop)
+    return loop.finish(status, wall_start)
 
-    # ---- model and optimizer (fresh, then overwritten by the checkpoint when resuming)
-    seed_everything(seed)
-    model = build_model(config["model"], dataset).to(device)
-    block_size = model.config.block_size
-    optimizer = model.configure_optimizers(
-        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type
-    )
-    flops_per_token = model.flops_per_token()
-    peak = peak_flops(device)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * block_size
 
-    step = 0
-    best_val = math.inf
-    history: list[dict[str, float]] = []
-    identity = run_identity(config, seed, dataset.fingerprint)
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["run_identity"] != identity:
+class TrainingLoop:
+    """The state of one `train` call: model, optimizer, step, history, and its bookkeeping."""
+
+    def __init__(self, run: RunConfig, run_dir: Path, dataset: Any,
+                 on_metrics: MetricsCallback | None, on_checkpoint: CheckpointCallback | None):
+        setup_start = time.perf_counter()
+        self.run, self.cfg, self.dataset = run, run.train, dataset
+        self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
+        self.ckpt_path = run_dir / CHECKPOINT_NAME
+        self.timings: dict[str, float] = {}
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.device = resolve_device(self.cfg.device)
+        self.autocast = lambda: autocast_context(self.device, self.cfg.dtype)
+
+        # Model and optimizer: fresh, then overwritten by the checkpoint when resuming.
+        seed_everything(run.seed)
+        self.model = build_model(run.model, dataset).to(self.device)
+        self.block_size = self.model.config.block_size
+        self.optimizer = self.model.configure_optimizers(
+            self.cfg.weight_decay, self.cfg.learning_rate, (self.cfg.beta1, self.cfg.beta2),
+            self.device.type,
+        )
+        self.flops_per_token = self.model.flops_per_token()
+        self.peak = peak_flops(self.device)
+        self.tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.block_size
+        self.step, self.best_val, self.history = 0, math.inf, []
+        self.identity = run_identity(run, dataset.fingerprint)
+        self.saved_step = self._resume() if self.ckpt_path.exists() else -1
+        self.resumed_from_step = self.step
+        self.step_seconds = 0.0
+
+        # torch.compile wraps the same parameters: checkpoints keep saving the plain module's keys.
+        self.train_model = torch.compile(self.model) if self.cfg.compile else self.model
+        self.eval_batches = {
+            split: [to_device(b, self.device) for b in fixed_eval_batches(
+                dataset, split, self.cfg.eval_iters, self.cfg.batch_size, self.block_size)]
+            for split in ("train", "val")
+        }
+        self.timings["setup"] = time.perf_counter() - setup_start
+
+    def _resume(self) -> int:
+        """Load the checkpoint into model, optimizer and RNGs; return its step."""
+        ckpt = load_checkpoint(self.ckpt_path)
+        if ckpt["run_identity"] != self.identity:
             raise ValueError(
-                f"{ckpt_path}: checkpoint was written for another config or seed; "
+                f"{self.ckpt_path}: checkpoint was written for another config or seed; "
                 "delete it (or use another run directory) to start afresh"
             )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, best_val, history = ckpt["step"], ckpt["best_val"], ckpt["history"]
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step, self.best_val, self.history = ckpt["step"], ckpt["best_val"], ckpt["history"]
         restore_rng_state(ckpt["rng"])
-        del ckpt
-        saved_step = step  # the step of the checkpoint on disk
-    else:
-        saved_step = -1
-    resumed_from_step = step
+        return self.step
 
-    # torch.compile wraps the same parameters: checkpoints keep saving the plain module's keys.
-    train_model = torch.compile(model) if cfg.compile else model
-    eval_batches = {
-        split: [to_device(b, device) for b in fixed_eval_batches(
-            dataset, split, cfg.eval_iters, cfg.batch_size, block_size)]
-        for split in ("train", "val")
-    }
-    timings["setup"] = time.perf_counter() - setup_start
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        self.history.append({"step": step, **metrics})
+        if self.on_metrics is not None:
+            with timed(self.timings, "callbacks"):
+                self.on_metrics(step, metrics)
 
-    def report(step: int, metrics: dict[str, float]) -> None:
-        history.append({"step": step, **metrics})
-        if on_metrics is not None:
-            with timed(timings, "callbacks"):
-                on_metrics(step, metrics)
-
-    def write_checkpoint(step: int) -> None:
-        nonlocal saved_step
-        with timed(timings, "checkpoint"):
-            save_checkpoint(ckpt_path, {
+    def write_checkpoint(self, step: int) -> None:
+        with timed(self.timings, "checkpoint"):
+            save_checkpoint(self.ckpt_path, {
                 "format": CHECKPOINT_FORMAT,
-                "run_identity": identity,
-                "model_config": model.config.to_dict(),
-                "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint},
+                "run_identity": self.identity,
+                "model_config": self.model.config.to_dict(),
+                "dataset": {"name": self.dataset.name, "fingerprint": self.dataset.fingerprint},
                 "step": step,
-                "best_val": best_val,
-                "history": history,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "best_val": self.best_val,
+                "history": self.history,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "rng": capture_rng_state(),
             })
-        saved_step = step
-        if on_checkpoint is not None:
-            with timed(timings, "callbacks"):
-                on_checkpoint(step, ckpt_path)
+        self.saved_step = step
+        if self.on_checkpoint is not None:
+            with timed(self.timings, "callbacks"):
+                self.on_checkpoint(step, self.ckpt_path)
 
-    def eval_metrics(step: int) -> dict[str, float]:
-        nonlocal best_val
-        with timed(timings, "eval"):
+    def eval_metrics(self, step: int) -> dict[str, float]:
+        with timed(self.timings, "eval"):
             metrics = {
-                "train_loss": evaluate(train_model, eval_batches["train"], autocast),
-                "val_loss": evaluate(train_model, eval_batches["val"], autocast),
+                "train_loss": evaluate(self.train_model, self.eval_batches["train"], self.autocast),
+                "val_loss": evaluate(self.train_model, self.eval_batches["val"], self.autocast),
             }
         check_finite(metrics["train_loss"], "eval train_loss", step)
         check_finite(metrics["val_loss"], "eval val_loss", step)
-        best_val = min(best_val, metrics["val_loss"])
+        self.best_val = min(self.best_val, metrics["val_loss"])
         return metrics
 
-    def final_metrics(step: int, last_eval: dict[str, float]) -> dict[str, float]:
-        tokens = step * tokens_per_step
-        return {
-            "final_train_loss": last_eval["train_loss"],
-            "final_val_loss": last_eval["val_loss"],
-            "best_val_loss": best_val,
-            "tokens_seen": float(tokens),
-            "flops_seen": flops_per_token * tokens,
-        }
+    def counters(self, step: int) -> dict[str, float]:
+        tokens = step * self.tokens_per_step
+        return {"tokens_seen": float(tokens), "flops_seen": self.flops_per_token * tokens}
 
-    def is_eval_step(s: int) -> bool:
-        return s == cfg.max_iters or s % cfg.eval_interval == 0
-
-    # ---- step 0: the untrained model, so every curve starts from the same place
-    if step == 0 and not history:
-        report(0, eval_metrics(0))
-
-    # ---- the loop
-    model.train()
-    step_seconds = 0.0
-    log_tokens, log_seconds = 0, 0.0  # throughput since the last log step
-    status = "finished"
-    while step < cfg.max_iters:
-        if should_stop is not None and should_stop():
-            status = "stopped"
-            break
-
-        step_start = time.perf_counter()
+    def optimizer_step(self) -> tuple[float, float]:
+        """One optimizer update at `self.step`: returns (learning rate, mean micro-batch loss)."""
+        cfg, step = self.cfg, self.step
         lr = learning_rate_at(step, cfg)
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro_batches = [
-            to_device(dataset.batch("train", index=step * cfg.grad_accum + micro,
-                                    batch_size=cfg.batch_size, block_size=block_size, seed=seed),
-                      device)
+            to_device(self.dataset.batch("train", index=step * cfg.grad_accum + micro,
+                                         batch_size=cfg.batch_size, block_size=self.block_size,
+                                         seed=self.run.seed), self.device)
             for micro in range(cfg.grad_accum)
         ]
-        loss = forward_backward(train_model, micro_batches, autocast)
+        loss = forward_backward(self.train_model, micro_batches, self.autocast)
         if cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
             grad_norm = torch.zeros(())
         # One host sync per step: both numbers come back together (it also makes the timing honest).
         batch_loss, grad_norm_value = torch.stack([loss, grad_norm.to(loss.device)]).tolist()
         check_finite(batch_loss, "train loss", step + 1)
         check_finite(grad_norm_value, "gradient norm", step + 1)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed = time.perf_counter() - step_start
-        step_seconds += elapsed
-        log_tokens += tokens_per_step
-        log_seconds += elapsed
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return lr, batch_loss
 
-        metrics: dict[str, float] = {}
-        is_last = step == cfg.max_iters
-        if is_last or step % cfg.log_interval == 0:
-            tokens_per_sec = log_tokens / log_seconds
-            metrics.update({
-                "batch_loss": batch_loss,
-                "lr": lr,
-                "tokens_seen": float(step * tokens_per_step),
-                "flops_seen": flops_per_token * step * tokens_per_step,
-                "tokens_per_sec": tokens_per_sec,
-            })
-            if peak is not None:
-                metrics["mfu"] = flops_per_token * tokens_per_sec / peak
-            log_tokens, log_seconds = 0, 0.0
-        if is_eval_step(step):
-            metrics.update(eval_metrics(step))
-        if is_last:
-            metrics.update(final_metrics(step, metrics))
-        if metrics:
-            report(step, metrics)
-        if step % cfg.checkpoint_interval == 0 and not is_last:
-            write_checkpoint(step)
+    def run_steps(self, should_stop: Callable[[], bool] | None) -> str:
+        """Optimizer steps until `max_iters` ("finished") or until `should_stop()` ("stopped")."""
+        cfg = self.cfg
+        self.model.train()
+        log_tokens, log_seconds = 0, 0.0  # throughput since the last log step
+        while self.step < cfg.max_iters:
+            if should_stop is not None and should_stop():
+                return "stopped"
+            step_start = time.perf_counter()
+            lr, batch_loss = self.optimizer_step()
+            step, elapsed = self.step, time.perf_counter() - step_start
+            self.step_seconds += elapsed
+            log_tokens, log_seconds = log_tokens + self.tokens_per_step, log_seconds + elapsed
 
-    # ---- the end: a last checkpoint (resume point of a stopped run, result of a finished one)
-    keep_checkpoint = status == "stopped" or cfg.save_checkpoint
-    if keep_checkpoint and saved_step != step:
-        write_checkpoint(step)
-    elif not keep_checkpoint and ckpt_path.exists():
-        ckpt_path.unlink()  # finished, and the final weights are not wanted
+            metrics: dict[str, float] = {}
+            is_last = step == cfg.max_iters
+            if is_last or step % cfg.log_interval == 0:
+                metrics.update(self.log_metrics(lr, batch_loss, log_tokens / log_seconds))
+                log_tokens, log_seconds = 0, 0.0
+            if is_last or step % cfg.eval_interval == 0:
+                metrics.update(self.eval_metrics(step))
+            if is_last:
+                metrics.update({"final_train_loss": metrics["train_loss"],
+                                "final_val_loss": metrics["val_loss"],
+                                "best_val_loss": self.best_val, **self.counters(step)})
+            if metrics:
+                self.report(step, metrics)
+            if step % cfg.checkpoint_interval == 0 and not is_last:
+                self.write_checkpoint(step)
+        return "finished"
 
-    sample = None
-    if status == "finished" and dataset.task == "lm" and cfg.sample_tokens > 0:
-        with timed(timings, "sample"):
-            sample = generate_sample(model, dataset, cfg.sample_tokens, seed, device, autocast)
+    def log_metrics(self, lr: float, batch_loss: float, tokens_per_sec: float) -> dict[str, float]:
+        metrics = {
+            "batch_loss": batch_loss,
+            "lr": lr,
+            "tokens_seen": float(self.step * self.tokens_per_step),
+            "flops_seen": self.flops_per_token * self.step * self.tokens_per_step,
+            "tokens_per_sec": tokens_per_sec,
+        }
+        if self.peak is not None:
+            metrics["mfu"] = self.flops_per_token * tokens_per_sec / self.peak
+        return metrics
 
-    if status == "finished":
-        last = next(h for h in reversed(history) if "final_val_loss" in h)
-        final = {k: v for k, v in last.items() if k in FINAL_KEYS}
-    else:
-        tokens = step * tokens_per_step
-        final = {"tokens_seen": float(tokens), "flops_seen": flops_per_token * tokens}
-    wall = time.perf_counter() - wall_start
-    timings["other"] = wall - step_seconds - sum(timings.values())
-    return TrainResult(
-        status=status,
-        steps=step,
-        resumed_from_step=resumed_from_step,
-        final_metrics=final,
-        history=history,
-        sample=sample,
-        checkpoint_path=ckpt_path if keep_checkpoint else None,
-        flops_per_token=flops_per_token,
-        device=str(device),
-        wall_seconds=wall,
-        step_seconds=step_seconds,
-        overhead_seconds=timings,
-    )
+    def finish(self, status: str, wall_start: float) -> TrainResult:
+        """A last checkpoint (resume point of a stopped run, result of a finished one), the
+        sample, and the result."""
+        keep_checkpoint = status == "stopped" or self.cfg.save_checkpoint
+        if keep_checkpoint and self.saved_step != self.step:
+            self.write_checkpoint(self.step)
+        elif not keep_checkpoint and self.ckpt_path.exists():
+            self.ckpt_path.unlink()  # finished, and the final weights are not wanted
+
+        sample = None
+        if status == "finished" and self.dataset.task == "lm" and self.cfg.sample_tokens > 0:
+            with timed(self.timings, "sample"):
+                sample = generate_sample(self.model, self.dataset, self.cfg.sample_tokens,
+                                         self.run.seed, self.device, self.autocast)
+        if status == "finished":
+            last = next(h for h in reversed(self.history) if "final_val_loss" in h)
+            final = {k: v for k, v in last.items() if k in FINAL_KEYS}
+        else:
+            final = self.counters(self.step)
+        wall = time.perf_counter() - wall_start
+        self.timings["other"] = wall - self.step_seconds - sum(self.timings.values())
+        return TrainResult(
+            status=status, steps=self.step, resumed_from_step=self.resumed_from_step,
+            final_metrics=final, history=self.history, sample=sample,
+            checkpoint_path=self.ckpt_path if keep_checkpoint else None,
+            flops_per_token=self.flops_per_token, device=str(self.device), wall_seconds=wall,
+            step_seconds=self.step_seconds, overhead_seconds=self.timings,
+        )
 
 
 @torch.no_grad()

@@ -1,21 +1,5 @@
-"""Experiment -> runs (arm x grid point x seed) with resolved configs and config hashes."""
+"""Experiment -> runs (arm x grid point x seed): `RunConfig`s with their config hashes."""
 
-from rtlab.plan.expand import (
-    RunPlan,
-    canonical_json,
-    config_hash,
-    flatten_config,
-    plan_runs,
-    plan_table,
-    run_name,
-)
+from rtlab.plan.expand import flatten_config, plan_runs, plan_table
 
-__all__ = [
-    "RunPlan",
-    "canonical_json",
-    "config_hash",
-    "flatten_config",
-    "plan_runs",
-    "plan_table",
-    "run_name",
-]
+__all__ = ["flatten_config", "plan_runs", "plan_table"]

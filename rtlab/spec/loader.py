@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rtlab.config import Sections
 from rtlab.spec.errors import Problem, SpecError, did_you_mean
 from rtlab.spec.schema import (
     ANY,
@@ -73,8 +74,8 @@ class ExperimentSpec:
             set_dotted(sections, key.split("."), value)
         return sections
 
-    def resolve(self, arm: str, grid_point: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The fully resolved config (every default filled in) of `arm` at `grid_point`."""
+    def resolve(self, arm: str, grid_point: dict[str, Any] | None = None) -> Sections:
+        """The checked sections (every default filled in) of `arm` at `grid_point`."""
         if arm not in self.variants:
             raise KeyError(f"no arm '{arm}' in experiment '{self.name}'")
         resolved, issues = check_sections(self.merged(arm, grid_point))
@@ -420,13 +421,13 @@ def _check_claims(spec: ExperimentSpec, locator: _Locator) -> None:
 def _note_duplicate(
     arm: str,
     point: dict[str, Any],
-    resolved: dict[str, Any],
+    resolved: Sections,
     seen: dict[str, tuple[str, dict[str, Any]]],
     reported: set[tuple[str, str]],
     locator: _Locator,
 ) -> None:
     """Two arms with the same resolved config would be the same runs under two names."""
-    canonical = _canonical(resolved)
+    canonical = _canonical(resolved.as_dict())
     if canonical in seen:
         other, _ = seen[canonical]
         if (other, arm) not in reported and other != arm:

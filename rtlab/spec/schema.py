@@ -13,7 +13,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rtlab.config import DATASET_DECIDES, DEFER_CROSS_CHECKS, ModelConfig, TrainConfig
+from rtlab.config import (
+    DATASET_DECIDES,
+    DEFER_CROSS_CHECKS,
+    DataConfig,
+    ModelConfig,
+    Sections,
+    TrainConfig,
+)
 from rtlab.spec.errors import did_you_mean
 
 STRICT = ConfigDict(extra="forbid", strict=True)
@@ -89,14 +96,6 @@ class SpecFile(BaseModel):
     cost: str | None = None
 
 
-class DataSection(BaseModel):
-    """`name` picks the dataset; every other key is a dataset option (checked by rtlab.data)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    name: Annotated[str, Field(min_length=1)]
-
-
 # ------------------------------------------------------------------------------------------------
 # The model section, derived from GPTConfig
 
@@ -123,13 +122,13 @@ def _option_type_problem(value: Any, default: Any) -> str | None:
     return None if ok else f"expected {kind} (default {default!r}), got {value!r}"
 
 
-def check_data_section(section: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
+def check_data_section(section: dict[str, Any]) -> tuple[DataConfig | None, list[Issue]]:
     """Validate `data:`: the dataset name and its options; fills in the dataset's defaults."""
     try:
-        data = DataSection.model_validate(section)
+        data = DataConfig.model_validate(section)
     except ValidationError as error:
         return None, issues_from_errors(error.errors(include_url=False), ("data",), section_tree())
-    written = data.model_dump()
+    written = data.options
     datasets = known_datasets()
     if data.name not in datasets:
         hint = did_you_mean(data.name, list(datasets))
@@ -139,8 +138,6 @@ def check_data_section(section: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     defaults = datasets[data.name]
     issues = []
     for key, value in written.items():
-        if key == "name":
-            continue
         if key not in defaults:
             hint = did_you_mean(key, list(defaults))
             accepted = ", ".join(sorted(defaults)) or "none"
@@ -153,7 +150,7 @@ def check_data_section(section: dict[str, Any]) -> tuple[dict[str, Any] | None, 
             issues.append(Issue(("data", key), problem))
     if issues:
         return None, issues
-    return {"name": data.name, **defaults, **{k: v for k, v in written.items() if k != "name"}}, []
+    return DataConfig(name=data.name, **{**defaults, **written}), []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,16 +263,13 @@ def issues_from_errors(
     return issues
 
 
-def check_sections(sections: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
-    """Validate {data, model, train} dicts. Returns (fully resolved sections or None, issues)."""
-    issues: list[Issue] = []
-    resolved: dict[str, Any] = {}
+def check_sections(sections: dict[str, Any]) -> tuple[Sections | None, list[Issue]]:
+    """Validate the {data, model, train} mappings of an arm at a grid point, as written.
 
-    data, data_issues = check_data_section(sections.get("data") or {})
-    issues += data_issues
-    if data is not None:
-        resolved["data"] = data
-
+    The one place a run's settings are checked: (typed sections, []) or (None, located issues).
+    """
+    data, issues = check_data_section(sections.get("data") or {})
+    checked: dict[str, Any] = {"data": data}
     for name, section in (("model", ModelConfig), ("train", TrainConfig)):
         try:
             value = section.model_validate(
@@ -285,7 +279,6 @@ def check_sections(sections: dict[str, Any]) -> tuple[dict[str, Any] | None, lis
             tree = section_tree()
             issues += issues_from_errors(error.errors(include_url=False), (name,), tree)
             continue
-        resolved[name] = value.model_dump()
+        checked[name] = value
         issues += [Issue((name, *loc), message) for loc, message in value.cross_field_problems()]
-
-    return (resolved if not issues else None), issues
+    return (None, issues) if issues else (Sections(**checked), [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from rtlab.cli import app
@@ -20,6 +21,7 @@ def test_help_lists_every_command():
         assert f" {command} " in result.output, command
 
 
+@pytest.mark.slow
 def test_importing_the_cli_loads_no_heavy_library():
     code = ("import sys, rtlab.cli; "
             "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))")

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from cli.tiny import subprocess_env, write_spec
 from rtlab.cli import app
+from tests.helpers.tiny_spec import subprocess_env, write_spec
+
+pytestmark = pytest.mark.slow  # real `rtlab run` processes, killed and resumed
 
 MAX_ITERS = 60
 

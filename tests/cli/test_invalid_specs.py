@@ -4,10 +4,10 @@ the file and the key, and nothing created in MLflow or Optuna."""
 from __future__ import annotations
 
 import pytest
-from spec.corpus import INVALID_FILES, read_header
 from typer.testing import CliRunner
 
 from rtlab.cli import app
+from tests.helpers.spec_corpus import INVALID_FILES, read_header
 
 
 # The corpus size is checked once, in tests/spec/test_invalid_corpus.py.

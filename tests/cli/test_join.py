@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from cli.tiny import subprocess_env, write_spec
 from rtlab.cli import app
+from tests.helpers.tiny_spec import subprocess_env, write_spec
+
+pytestmark = pytest.mark.slow  # `rtlab worker` processes doing a real sweep
 
 
 def test_rtlab_worker_processes_do_a_queued_sweep_each_run_exactly_once(store_workdir):

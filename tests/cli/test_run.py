@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from cli.tiny import write_spec
 from rtlab.cli import app
+from tests.helpers.tiny_spec import write_spec
 
 runner = CliRunner()
 
@@ -41,6 +41,7 @@ def trials(workdir: Path, experiment: str = "tiny") -> list[optuna.trial.FrozenT
     return optuna.load_study(study_name=experiment, storage=storage).get_trials()
 
 
+@pytest.mark.slow
 def test_run_logs_parent_child_params_metrics_artifacts_and_rerun_starts_nothing(
     workdir, monkeypatch
 ):
@@ -112,6 +113,7 @@ def test_run_logs_parent_child_params_metrics_artifacts_and_rerun_starts_nothing
     assert status.output.count("FINISHED") == 4
 
 
+@pytest.mark.slow
 def test_workers_2_complete_every_run_exactly_once(store_workdir):
     workdir = store_workdir
     spec = write_spec(workdir, seeds="[0, 1]", log_interval=10)
@@ -131,6 +133,7 @@ def test_workers_2_complete_every_run_exactly_once(store_workdir):
     assert len({t.system_attrs["rtlab.pid"] for t in all_trials}) == 2
 
 
+@pytest.mark.slow
 def test_diverged_run_fails_with_reason_and_the_sweep_goes_on(store_workdir):
     workdir = store_workdir
     variants = """\
@@ -160,6 +163,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(workdir):
     assert not (workdir / ".rtlab").exists()
 
 
+@pytest.mark.slow
 def test_force_reruns_finished_runs_as_fresh_runs(store_workdir):
     workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
@@ -200,6 +204,7 @@ def test_validate_counts_runs_without_touching_stores(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_tracking_uri_option_selects_another_store(workdir, migrated_mlflow_db):
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
     other = workdir / "elsewhere.db"
@@ -211,6 +216,7 @@ def test_tracking_uri_option_selects_another_store(workdir, migrated_mlflow_db):
     assert exp is not None
 
 
+@pytest.mark.slow
 def test_sample_generates_from_a_logged_checkpoint(store_workdir):
     workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")
@@ -234,6 +240,7 @@ def test_missing_file_is_one_line_exit_2(workdir, command):
     assert not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_grid_point_tag_is_json(store_workdir):
     workdir = store_workdir
     spec = write_spec(workdir, seeds="[0]", variants="  baseline: {}\n")

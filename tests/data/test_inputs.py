@@ -71,6 +71,7 @@ def test_unknown_names_and_options_suggest_the_closest(tmp_path: Path) -> None:
         load_dataset("text", {"path": "x", "tokenizer": "bpe"}, tmp_path)
 
 
+@pytest.mark.slow
 def test_text_directory_with_gpt2_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()
     corpus(tmp_path / "docs" / "a.txt", "Hello world\n" * 100)
@@ -143,6 +144,7 @@ def test_openwebtext_fails_offline_with_a_way_out(tmp_path: Path) -> None:
     assert not reachable("127.0.0.1", 9, timeout=2.0)
 
 
+@pytest.mark.slow
 def test_cli_prepare_exits_2_with_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(data_app, ["prepare", "shakespear", "--out", str(tmp_path)])

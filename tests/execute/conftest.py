@@ -1,46 +1,15 @@
-"""A tiny real dataset (the `text` dataset over a small corpus) and tiny configs for the trainer."""
+"""Fixtures for the trainer tests: one torch thread per test, a tiny `text` dataset per session."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from rtlab.data import Dataset, load_dataset
-
-# A corpus with structure a tiny model can learn within a few dozen steps.
-TEXT = "the quick brown fox jumps over the lazy dog.\nsphinx of black quartz, judge my vow.\n" * 200
-
-TINY_CONFIG: dict[str, Any] = {
-    "data": {"name": "tiny_text"},
-    "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32, "dropout": 0.0},
-    "train": {
-        "max_iters": 20,
-        "batch_size": 8,
-        "grad_accum": 1,
-        "learning_rate": 3e-3,
-        "warmup_iters": 2,
-        "eval_interval": 10,
-        "eval_iters": 2,
-        "checkpoint_interval": 10,
-        "log_interval": 5,
-        "sample_tokens": 20,
-        "device": "cpu",
-        "threads": 1,
-    },
-}
-
-
-def make_config(model: dict[str, Any] | None = None, **train: Any) -> dict[str, Any]:
-    """TINY_CONFIG with overrides: model fields by dict, train fields by keyword."""
-    config = copy.deepcopy(TINY_CONFIG)
-    config["model"].update(model or {})
-    config["train"].update(train)
-    return config
+from rtlab.data import Dataset
+from tests.helpers.train_config import TEXT, load_text_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -59,10 +28,6 @@ def text_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory: Path = tmp_path_factory.mktemp("tiny_text")
     (directory / "corpus.txt").write_text(TEXT)
     return directory / "corpus.txt", directory / "data"
-
-
-def load_text_dataset(corpus: Path, data_dir: Path) -> Dataset:
-    return load_dataset("text", {"path": str(corpus), "tokenizer": "char"}, data_dir=data_dir)
 
 
 @pytest.fixture(scope="session")

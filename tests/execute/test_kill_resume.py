@@ -14,8 +14,9 @@ import torch
 
 from rtlab.data import Dataset
 from rtlab.execute import CHECKPOINT_NAME, load_checkpoint, train
+from tests.helpers.train_config import make_config
 
-from .conftest import make_config
+pytestmark = pytest.mark.slow  # a training process SIGKILLed mid-run
 
 # The child trains the same run and SIGKILLs itself at step 13: no exception, no cleanup, no
 # finally blocks; what survives is what was on disk (the checkpoint of step 10).

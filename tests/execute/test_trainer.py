@@ -25,8 +25,7 @@ from rtlab.execute import (
 )
 from rtlab.execute.trainer import evaluate, fixed_eval_batches, forward_backward
 from rtlab.spec import TrainConfig
-
-from .conftest import make_config
+from tests.helpers.train_config import make_config
 
 TIMING_KEYS = {"tokens_per_sec", "mfu"}  # wall-clock measurements: the only metrics that may differ
 

@@ -10,8 +10,7 @@ import torch
 from rtlab.data import Dataset
 from rtlab.execute import CHECKPOINT_NAME, load_checkpoint, train
 from rtlab.model.device import peak_flops
-
-from .conftest import make_config
+from tests.helpers.train_config import make_config
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-INVALID_DIR = Path(__file__).resolve().parent / "invalid"
+INVALID_DIR = Path(__file__).resolve().parents[1] / "spec" / "invalid"
 INVALID_FILES = sorted(INVALID_DIR.glob("*.yaml"))
 MIN_FILES = 30
 

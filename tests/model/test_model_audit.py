@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from gpt_helpers import tiny_model
 
 from rtlab.model import GPTConfig
 from rtlab.model.audit import audit_config, audit_model, tiny_config
+from tests.helpers.gpt import tiny_model
 
 MODES = [
     {},

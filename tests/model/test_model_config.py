@@ -1,13 +1,11 @@
 """GPTConfig: round trip, and bad values raise ValueError naming the field."""
 
-import dataclasses
-
 import pydantic
 import pytest
 import torch
-from gpt_helpers import tiny_batch, tiny_model
 
 from rtlab.model import GPT, GPTConfig, ReasoningConfig
+from tests.helpers.gpt import tiny_batch, tiny_model
 
 
 def test_from_dict_to_dict_round_trip_with_nested_reasoning():
@@ -79,7 +77,7 @@ def test_slot_embedding_exists_only_with_reasoning_tokens():
 
 
 def test_num_params_excludes_only_the_position_embedding():
-    model = GPT(dataclasses.replace(GPTConfig(), n_layer=1, n_embd=32, n_head=2, block_size=8))
+    model = GPT(GPTConfig(n_layer=1, n_embd=32, n_head=2, block_size=8))
     total = sum(p.numel() for p in model.parameters())
     assert model.num_params(non_embedding=False) == total
     assert model.num_params() == total - 8 * 32

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from gpt_helpers import tiny_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtlab.model import GPT, GPTConfig
+from tests.helpers.gpt import tiny_model
 
 
 def hand_count_params(V: int, C: int, L: int, n: int, bias: bool) -> int:

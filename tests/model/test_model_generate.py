@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from gpt_helpers import tiny_batch, tiny_model
+
+from tests.helpers.gpt import tiny_batch, tiny_model
 
 MODES = [
     {},

@@ -3,9 +3,9 @@ separates `strict` from `paper`."""
 
 import pytest
 import torch
-from gpt_helpers import tiny_batch, tiny_model
 
 from rtlab.model.gpt import myopic_attention_explicit, myopic_attention_fused
+from tests.helpers.gpt import tiny_batch, tiny_model
 
 
 def parameter_grads(model, x, y):
@@ -122,6 +122,7 @@ def test_auto_uses_explicit_when_attention_dropout_is_on(monkeypatch):
     assert calls == {"explicit": 0, "fused": model.config.n_layer}
 
 
+@pytest.mark.slow  # torch.compile: seconds per case
 @pytest.mark.parametrize("myopic", ["strict", "paper"])
 def test_torch_compile_traces_the_fused_myopic_backward(myopic):
     """Dynamo + AOTAutograd (the part of torch.compile that must understand the custom autograd

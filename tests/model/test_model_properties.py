@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
-from gpt_helpers import tiny_batch, tiny_model
 from torch.nn import functional as F
 
 from rtlab.model.gpt import dense_reasoning_mask, flex_block_mask
+from tests.helpers.gpt import tiny_batch, tiny_model
 
 REASONING_CASES = [(1, 1), (2, 1), (1, 2), (3, 3), (2, 4)]  # (n_tokens, delay)
 MYOPIC_CASES = [

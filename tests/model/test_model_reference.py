@@ -9,8 +9,9 @@ import math
 
 import pytest
 import torch
-from gpt_helpers import tiny_batch, tiny_model
 from torch.nn import functional as F
+
+from tests.helpers.gpt import tiny_batch, tiny_model
 
 
 def visible(t_q: int, s_q: int, t_k: int, s_k: int, n: int, d: int) -> bool:

@@ -39,6 +39,7 @@ def test_plans_do_not_share_config_objects():
     assert plans[1].config["train"]["max_iters"] != -1
 
 
+@pytest.mark.slow
 def test_hash_is_stable_across_processes():
     script = (
         "import json, sys; from rtlab.spec import load_spec; from rtlab.plan import plan_runs; "

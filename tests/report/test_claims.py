@@ -15,8 +15,7 @@ from rtlab.report.claims import (
 )
 from rtlab.report.load import load_experiment
 from rtlab.spec import Claim
-
-from .conftest import KNOWN, Store
+from tests.helpers.report_store import KNOWN, Store
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 
 from rtlab.report import ReportError, build_report
 from rtlab.report.commands import report_command
-
-from .conftest import Store
+from tests.helpers.report_store import Store
 
 
 def cli() -> typer.Typer:

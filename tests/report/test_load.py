@@ -9,8 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rtlab.report.load import HISTORY_COLUMNS, load_experiment
-
-from .conftest import KNOWN, RELOGGED_VAL, Store
+from tests.helpers.report_store import KNOWN, RELOGGED_VAL, Store
 
 
 def test_tidy_history_has_one_row_per_run_metric_step_with_tokens_and_flops(store: Store) -> None:

@@ -17,8 +17,7 @@ from PIL import Image
 from scipy import stats as sps
 
 from rtlab.report import ReportResult, build_report
-
-from .conftest import GRID, GRID_SPEC, KNOWN, THROUGHPUT, Store
+from tests.helpers.report_store import GRID, GRID_SPEC, KNOWN, THROUGHPUT, Store
 
 COLUMN = {"final_train_loss": 0, "final_val_loss": 1, "best_val_loss": 2}
 
@@ -202,6 +201,7 @@ def test_no_partial_folders_are_left_behind(known_report: ReportResult) -> None:
     assert [p.name for p in known_report.out_dir.parent.iterdir()] == ["known"]
 
 
+@pytest.mark.slow  # a second store experiment and figure 5: over 2 s
 def test_grid_report_compares_at_the_same_grid_point_and_draws_figure_5(
     store: Store, tmp_path: Path
 ) -> None:

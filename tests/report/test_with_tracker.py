@@ -12,8 +12,7 @@ import pytest
 
 from rtlab.report import build_report
 from rtlab.track import ChildRun, finish_parent, setup_experiment
-
-from .conftest import Store
+from tests.helpers.report_store import Store
 
 FINAL_VAL = {("baseline", 0): 2.50, ("baseline", 1): 2.54, ("reasoning_1", 0): 2.40,
              ("reasoning_1", 1): 2.46}

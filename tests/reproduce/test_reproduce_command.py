@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 from mlflow.tracking import MlflowClient
-from reproduce_helpers import manifest_dict, write_report
 from typer.testing import CliRunner
 
 from rtlab.reproduce import (
@@ -17,6 +16,7 @@ from rtlab.reproduce import (
     read_store_runs,
     reproduce_command,
 )
+from tests.helpers.reproduce import manifest_dict, write_report
 
 
 def command_app() -> typer.Typer:

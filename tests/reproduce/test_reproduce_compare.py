@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reproduce_helpers import SPEC_TEXT, manifest_dict, write_report
 
 from rtlab.reproduce import (
     DIFFERS,
@@ -17,6 +16,7 @@ from rtlab.reproduce import (
     compare_runs,
     load_manifest,
 )
+from tests.helpers.reproduce import SPEC_TEXT, manifest_dict, write_report
 
 
 def reproduced_from(manifest_runs: list[RunRecord], **changes: dict) -> dict[str, RunRecord]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtlab.spec import SpecError, load_spec
-from spec.corpus import INVALID_FILES, MIN_FILES, read_header
+from tests.helpers.spec_corpus import INVALID_FILES, MIN_FILES, read_header
 
 
 def test_corpus_is_large_enough():

@@ -60,6 +60,7 @@ def test_concurrent_workers_claim_each_trial_exactly_once(study, tmp_path):
     assert len(study.get_trials()) == 12  # no extra trial from an empty-queue race
 
 
+@pytest.mark.slow
 def test_running_trial_of_a_dead_worker_is_failed_and_leaves_the_pending_set(study):
     run_queue.enqueue(study, queued("alive"))
     run_queue.enqueue(study, queued("dead"))

@@ -246,7 +246,7 @@ def test_whole_model_flex_backend_equals_dense_backend_on_cpu(mode):
 
 
 def test_flex_lse_used_by_fused_myopic_on_cuda_equals_the_cpu_flash_kernel_lse():
-    from rtlab.model.gpt import _attention_with_lse
+    from rtlab.model.myopic import _attention_with_lse
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 8, generator=g, dtype=torch.float64) for _ in range(3))
@@ -261,12 +261,12 @@ def test_flex_lse_used_by_fused_myopic_on_cuda_equals_the_cpu_flash_kernel_lse()
 def test_each_flex_call_signature_gets_its_own_compiled_code_object():
     """Dynamo's recompile limit is per code object: one shared compiled flex_attention would fall
     back to eager after a few shapes, so every signature must compile its own wrapper copy."""
-    from rtlab.model import gpt
+    from rtlab.model import attention
 
-    first = gpt._compiled_flex_for(("test-signature", 1))
-    second = gpt._compiled_flex_for(("test-signature", 2))
-    assert gpt._compiled_flex_for(("test-signature", 1)) is first
+    first = attention._compiled_flex_for(("test-signature", 1))
+    second = attention._compiled_flex_for(("test-signature", 2))
+    assert attention._compiled_flex_for(("test-signature", 1)) is first
     codes = [f._torchdynamo_orig_callable.__code__ for f in (first, second)]
-    assert codes[0] is not codes[1] and codes[0] is not gpt._flex_call.__code__
+    assert codes[0] is not codes[1] and codes[0] is not attention._flex_call.__code__
     for key in [("test-signature", 1), ("test-signature", 2)]:
-        del gpt._compiled_flex_attention[key]
+        del attention._compiled_flex_attention[key]

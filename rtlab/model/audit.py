@@ -7,7 +7,6 @@ a whole arm is audited in a fraction of a second on CPU.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -196,18 +195,22 @@ def check_causal_gradient(model: GPT, x, y) -> AuditResult:
     return AuditResult("gradient_flows_to_past", past > 0, f"max |dL_last/dE_past| = {past:.3g}")
 
 
+def _twin(model: GPT, **fields) -> GPT:
+    """The same weights under other mode fields: a GPT built from the changed config, so that its
+    attention backend (chosen at construction) follows them too."""
+    param = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the caller's RNG
+        twin = GPT(model.config.model_copy(update=fields))
+    twin.to(device=param.device, dtype=param.dtype).load_state_dict(model.state_dict())
+    return twin.set_attention_backend(model.attention_backend).train(model.training)
+
+
 def _baseline_twin(model: GPT) -> GPT:
-    twin = copy.deepcopy(model)
-    for block in twin.transformer.h:
-        block.attn.myopic = "off"
-    return twin
+    return _twin(model, myopic="off")
 
 
 def _impl_twin(model: GPT, impl: str) -> GPT:
-    twin = copy.deepcopy(model)
-    for block in twin.transformer.h:
-        block.attn.myopic_impl = impl
-    return twin
+    return _twin(model, myopic_impl=impl)
 
 
 def audit_model(model: GPT, seed: int = 0) -> list[AuditResult]:

@@ -1,4 +1,5 @@
-"""rtlab's GPT core: one model file (gpt.py), device helpers, and the METHODS §4 audit."""
+"""rtlab's GPT core: the model (gpt.py, with its attention backends in attention.py, slot masks
+in masks.py and myopic attention in myopic.py), device helpers, and the METHODS §4 audit."""
 
 from rtlab.config import GPTConfig, ReasoningConfig
 from rtlab.model.gpt import GPT

@@ -1,4 +1,5 @@
-"""The rtlab GPT: config, blocks and GPT, read top to bottom like nanoGPT's model.py.
+"""The rtlab GPT: layer norm, attention, MLP, blocks and GPT, read top to bottom like nanoGPT's
+model.py (the config, GPTConfig, is rtlab.config's).
 
 What each training mode computes is defined in docs/METHODS.md (§1 baseline, §2 reasoning tokens,
 §3 myopic training, §6 FLOPs); section numbers below refer to it. The rest of the model is in
@@ -272,41 +273,36 @@ class GPT(nn.Module):
             x = block(x, mask)
         x = self.transformer.ln_f(x)
 
-        if n1 > 1:
-            slots = x.view(B, T, n1, C)
-            main = slots[:, :, 0]
-        else:
-            main = x
+        main = x.view(B, T, n1, C)[:, :, 0] if n1 > 1 else x
         out = self.lm_head(main)
         if cfg.head == "regression":
             out = out.squeeze(-1)
-        if targets is None:
-            return out, None
+        loss = None if targets is None else self._loss(x, out, targets)
+        return out, loss
 
+    def _loss(self, x: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss at main slots (METHODS §2), or at every slot with loss_on_reasoning; x is the
+        final (B, P, C) slot stream, out the main slots' head output."""
+        cfg = self.config
+        n1 = cfg.reasoning.n_tokens + 1
+        B, P, C = x.size()
+        T = P // n1
+        on_every_slot = n1 > 1 and cfg.reasoning.loss_on_reasoning
         if cfg.head == "regression":
-            loss = F.huber_loss(out, targets.to(out.dtype), delta=cfg.huber_delta)
-            if n1 > 1 and cfg.reasoning.loss_on_reasoning:
-                reasoning_out = self.lm_head(slots[:, :, 1:]).squeeze(-1)  # (B, T, n)
-                all_out = torch.cat([out.unsqueeze(-1), reasoning_out], dim=-1)
-                loss = F.huber_loss(
-                    all_out,
-                    targets.to(out.dtype).unsqueeze(-1).expand_as(all_out),
-                    delta=cfg.huber_delta,
-                )
-            return out, loss
-
-        if n1 > 1 and cfg.reasoning.loss_on_reasoning:
+            if not on_every_slot:
+                return F.huber_loss(out, targets.to(out.dtype), delta=cfg.huber_delta)
+            reasoning_out = self.lm_head(x.view(B, T, n1, C)[:, :, 1:]).squeeze(-1)  # (B, T, n)
+            all_out = torch.cat([out.unsqueeze(-1), reasoning_out], dim=-1)
+            all_targets = targets.to(out.dtype).unsqueeze(-1).expand_as(all_out)
+            return F.huber_loss(all_out, all_targets, delta=cfg.huber_delta)
+        if on_every_slot:
             # lucidrains variant: every slot of step t is trained on x_{t+1}; mean over all slots.
             all_logits = self.lm_head(x)  # (B, P, V), slot order matches timestep order
             slot_targets = targets.unsqueeze(-1).expand(B, T, n1).reshape(B, P)
-            loss = F.cross_entropy(
-                all_logits.view(-1, all_logits.size(-1)),
-                slot_targets.reshape(-1),
-                ignore_index=-1,
+            return F.cross_entropy(
+                all_logits.view(-1, all_logits.size(-1)), slot_targets.reshape(-1), ignore_index=-1
             )
-        else:
-            loss = F.cross_entropy(out.view(-1, out.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return out, loss
+        return F.cross_entropy(out.view(-1, out.size(-1)), targets.reshape(-1), ignore_index=-1)
 
     # -- compute ---------------------------------------------------------------------------------
 

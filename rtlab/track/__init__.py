@@ -5,20 +5,22 @@ The MLflow schema written here is the one in docs/ARCHITECTURE.md ("MLflow schem
 """
 
 from rtlab.track.logger import MetricLogger
+from rtlab.track.names import HASH_TAG, ROLE_TAG
 from rtlab.track.provenance import provenance_tags
 from rtlab.track.run import ChildRun, config_params, last_logged_steps, write_metrics_csv
 from rtlab.track.store import (
-    HASH_TAG,
-    ROLE_TAG,
+    ChildState,
     ExperimentHandle,
-    child_runs,
-    find_run_by_hash,
+    delete_children,
+    find_child,
     finish_parent,
-    mark_parent_running,
+    finished_hashes,
+    kill_running_children,
     read_experiment_runs,
     resolve_tracking_uri,
     runs_by_hash,
     setup_experiment,
+    start_parent,
     store_exists,
 )
 
@@ -26,19 +28,22 @@ __all__ = [
     "HASH_TAG",
     "ROLE_TAG",
     "ChildRun",
+    "ChildState",
     "ExperimentHandle",
     "MetricLogger",
-    "child_runs",
     "config_params",
-    "find_run_by_hash",
+    "delete_children",
+    "find_child",
     "finish_parent",
+    "finished_hashes",
+    "kill_running_children",
     "last_logged_steps",
-    "mark_parent_running",
     "provenance_tags",
     "read_experiment_runs",
     "resolve_tracking_uri",
     "runs_by_hash",
     "setup_experiment",
+    "start_parent",
     "store_exists",
     "write_metrics_csv",
 ]

@@ -42,8 +42,9 @@ FINAL_TRAIN_LOSS, FINAL_VAL_LOSS = "final_train_loss", "final_val_loss"
 BEST_VAL_LOSS = "best_val_loss"
 SUMMARY_METRICS = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, BEST_VAL_LOSS)
 
-# Artifacts of a child run
-CONFIG_ARTIFACT = "config.yaml"
+# Artifacts
+SPEC_ARTIFACT = "spec.yaml"  # parent: the text of the spec file `rtlab run` read
+CONFIG_ARTIFACT = "config.yaml"  # child: the resolved {data, model, train}
 METRICS_ARTIFACT = "metrics.csv"
 SAMPLE_ARTIFACT = "sample.txt"
 CHECKPOINT_DIR = "checkpoint"

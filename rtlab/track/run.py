@@ -13,34 +13,53 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 
+from rtlab.config import RunConfig
 from rtlab.plan import flatten_config
 from rtlab.track.logger import MetricLogger
+from rtlab.track.names import (
+    ARM_TAG,
+    CHECKPOINT_DIR,
+    CHILD,
+    CONFIG_ARTIFACT,
+    DEVICE_TAG,
+    FAILURE_TAG,
+    FLOPS_PER_TOKEN_PARAM,
+    GRID_POINT_TAG,
+    HASH_TAG,
+    METRICS_ARTIFACT,
+    MLFLOW_PARENT_TAG,
+    ROLE_TAG,
+    SAMPLE_ARTIFACT,
+    SEED_PARAM,
+    SEED_TAG,
+)
 from rtlab.track.provenance import provenance_tags
-from rtlab.track.store import HASH_TAG, PARENT_TAG, ROLE_TAG, ExperimentHandle
+from rtlab.track.store import ExperimentHandle
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 5000
 
 
-def config_params(config: Mapping[str, Any]) -> dict[str, str]:
-    """The resolved config as MLflow params: dotted keys (`rtlab.plan.flatten_config`), string
-    values; lists become JSON so the string says exactly what was run."""
-    return {
+def config_params(run: RunConfig) -> dict[str, str]:
+    """The run's params: its resolved {data, model, train} under dotted keys
+    (`rtlab.plan.flatten_config`) and its seed, as strings; lists become JSON so the string
+    says exactly what was run."""
+    params = {
         key: json.dumps(value) if isinstance(value, list | tuple) else str(value)
-        for key, value in flatten_config(config).items()
+        for key, value in flatten_config(run.sections()).items()
     }
+    return {**params, SEED_PARAM: str(run.seed)}
 
 
-def child_tags(
-    *, arm: str, seed: int, grid_point: Mapping[str, Any], config_hash: str, device: str
-) -> dict[str, str]:
+def child_tags(run: RunConfig, device: str) -> dict[str, str]:
     return {
-        ROLE_TAG: "child",
-        "rtlab.arm": arm,
-        "rtlab.seed": str(seed),
-        "rtlab.grid_point": json.dumps(dict(grid_point), sort_keys=True),
-        HASH_TAG: config_hash,
-        "rtlab.device": device,
+        ROLE_TAG: CHILD,
+        ARM_TAG: run.arm,
+        SEED_TAG: str(run.seed),
+        GRID_POINT_TAG: json.dumps(run.grid_point, sort_keys=True),
+        HASH_TAG: run.config_hash,
+        DEVICE_TAG: device,
         **provenance_tags(),
     }
 
@@ -64,35 +83,30 @@ class ChildRun:
     def open(
         cls,
         handle: ExperimentHandle,
+        run: RunConfig,
         *,
-        run_name: str,
-        arm: str,
-        seed: int,
-        grid_point: Mapping[str, Any],
-        config_hash: str,
-        config: Mapping[str, Any],
         device: str,
         existing_run_id: str | None = None,
     ) -> ChildRun:
+        """Start the run, or resume `existing_run_id` (its params logged so far are kept)."""
         client = MlflowClient(handle.tracking_uri)
-        tags = child_tags(
-            arm=arm, seed=seed, grid_point=grid_point, config_hash=config_hash, device=device
-        )
-        params = {**config_params(config), "seed": str(seed)}
+        tags = child_tags(run, device)
+        params = config_params(run)
         if existing_run_id is not None:
-            run = client.get_run(existing_run_id)
+            logged = client.get_run(existing_run_id).data
             client.update_run(existing_run_id, status="RUNNING")
-            skip = last_logged_steps(client, existing_run_id, run.data.metrics)
-            self = cls(client, existing_run_id, True, skip)
-            new_params = {k: v for k, v in params.items() if k not in run.data.params}
-            self._log_params_and_tags(new_params, tags)
+            self = cls(client, existing_run_id, True,
+                       last_logged_steps(client, existing_run_id, logged.metrics))
+            self._log_params_and_tags(
+                {k: v for k, v in params.items() if k not in logged.params}, tags
+            )
             return self
-        run = client.create_run(
+        created = client.create_run(
             handle.experiment_id,
-            run_name=run_name,
-            tags={PARENT_TAG: handle.parent_run_id, **tags},
+            run_name=run.run_name,
+            tags={MLFLOW_PARENT_TAG: handle.parent_run_id, **tags},
         )
-        self = cls(client, run.info.run_id, False, {})
+        self = cls(client, created.info.run_id, False, {})
         self._log_params_and_tags(params, {})
         return self
 
@@ -110,41 +124,47 @@ class ChildRun:
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         self.metrics.log(step, dict(metrics))
 
+    def flush_metrics(self) -> None:
+        """Block until every metric logged so far is in the store."""
+        self.metrics.flush()
+
     def log_param(self, key: str, value: Any) -> None:
         existing = self.client.get_run(self.run_id).data.params
         if key not in existing:
             self.client.log_param(self.run_id, key, str(value))
 
-    def log_artifacts(
+    def log_result(
         self,
+        run: RunConfig,
         *,
-        config: Mapping[str, Any],
+        flops_per_token: float,
         sample_text: str | None = None,
         checkpoint: Path | None = None,
     ) -> None:
-        """config.yaml, metrics.csv (the store's own histories: exact after a resume),
-        sample.txt and checkpoint/ckpt.pt."""
-        self.metrics.flush()
+        """What a finished run leaves: its FLOPs per token, config.yaml, metrics.csv (the store's
+        own histories: exact after a resume), sample.txt and checkpoint/ckpt.pt."""
+        self.log_param(FLOPS_PER_TOKEN_PARAM, flops_per_token)
+        self.flush_metrics()
         with tempfile.TemporaryDirectory(prefix="rtlab-artifacts-") as tmp:
             tmp_dir = Path(tmp)
-            config_path = tmp_dir / "config.yaml"
-            config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+            config_path = tmp_dir / CONFIG_ARTIFACT
+            config_path.write_text(yaml.safe_dump(run.sections(), sort_keys=False))
             self.client.log_artifact(self.run_id, str(config_path))
-            metrics_path = tmp_dir / "metrics.csv"
+            metrics_path = tmp_dir / METRICS_ARTIFACT
             write_metrics_csv(self.client, self.run_id, metrics_path)
             self.client.log_artifact(self.run_id, str(metrics_path))
             if sample_text is not None:
-                sample_path = tmp_dir / "sample.txt"
+                sample_path = tmp_dir / SAMPLE_ARTIFACT
                 sample_path.write_text(sample_text)
                 self.client.log_artifact(self.run_id, str(sample_path))
         if checkpoint is not None and checkpoint.exists():
-            self.client.log_artifact(self.run_id, str(checkpoint), artifact_path="checkpoint")
+            self.client.log_artifact(self.run_id, str(checkpoint), artifact_path=CHECKPOINT_DIR)
 
     def finish(self, status: str, failure_reason: str | None = None) -> None:
         """Flush metrics, then end the run: FINISHED, FAILED (with a reason) or KILLED."""
         self.metrics.close()
         if failure_reason is not None:
-            self.client.set_tag(self.run_id, "rtlab.failure_reason", failure_reason[:5000])
+            self.client.set_tag(self.run_id, FAILURE_TAG, failure_reason[:MAX_TAG_VALUE])
         self.client.set_terminated(self.run_id, status)
 
 

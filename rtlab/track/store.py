@@ -1,13 +1,15 @@
 """The MLflow store: tracking URI, experiment, the one parent run, and finding child runs.
 
-Everything here runs in the main process before workers start: several processes creating a
-fresh SQLite store at once race in its schema migration.
+`setup_experiment` runs in the main process before workers start: several processes creating a
+fresh SQLite store at once race in its schema migration. The sweep reaches the store only through
+the functions here and `rtlab.track.run`, which take and return rtlab types and plain values.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -15,9 +17,17 @@ from urllib.parse import unquote, urlparse
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
-ROLE_TAG = "rtlab.role"
-HASH_TAG = "rtlab.config_hash"
-PARENT_TAG = "mlflow.parentRunId"
+from rtlab.track.names import (
+    CHILD,
+    FINAL_VAL_LOSS,
+    HASH_TAG,
+    NOTE_TAG,
+    PARENT,
+    ROLE_TAG,
+    SPEC_ARTIFACT,
+    SPEC_PATH_TAG,
+)
+
 # MLflow's own default when no URI is set (mlflow.get_tracking_uri() with no ./mlruns store).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -104,17 +114,17 @@ def setup_experiment(
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)
     if description:
-        client.set_experiment_tag(experiment_id, "mlflow.note.content", description)
+        client.set_experiment_tag(experiment_id, NOTE_TAG, description)
     parent = find_parent_run(client, experiment_id)
     if parent is None:
-        parent = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "parent"})
+        parent = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: PARENT})
     return ExperimentHandle(tracking_uri, experiment_id, name, parent.info.run_id)
 
 
 def find_parent_run(client: MlflowClient, experiment_id: str) -> Run | None:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'parent'",
+        filter_string=f"tags.`{ROLE_TAG}` = '{PARENT}'",
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )
@@ -128,7 +138,7 @@ def child_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{ROLE_TAG}` = 'child'",
+            filter_string=f"tags.`{ROLE_TAG}` = '{CHILD}'",
             run_view_type=ViewType.ACTIVE_ONLY,
             max_results=1000,
             page_token=token,
@@ -150,7 +160,7 @@ def find_run_by_hash(client: MlflowClient, experiment_id: str, config_hash: str)
     """The live child run with this config hash (a FINISHED one first, then the newest)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'child' and tags.`{HASH_TAG}` = '{config_hash}'",
+        filter_string=f"tags.`{ROLE_TAG}` = '{CHILD}' and tags.`{HASH_TAG}` = '{config_hash}'",
         run_view_type=ViewType.ACTIVE_ONLY,
     )
     return min(runs, key=_preference) if runs else None
@@ -180,11 +190,69 @@ def read_experiment_runs(name: str, tracking_uri: str) -> dict[str, Run]:
     return runs_by_hash(client, experiment.experiment_id)
 
 
+def start_parent(
+    handle: ExperimentHandle, spec_path: Path | None = None, spec_text: str | None = None
+) -> None:
+    """Mark the parent run RUNNING (a rerun reopens it) and record the spec it runs."""
+    client = MlflowClient(handle.tracking_uri)
+    if client.get_run(handle.parent_run_id).info.status != "RUNNING":
+        client.update_run(handle.parent_run_id, status="RUNNING")
+    if spec_path is not None:
+        client.set_tag(handle.parent_run_id, SPEC_PATH_TAG, str(spec_path))
+    if spec_text:
+        client.log_text(handle.parent_run_id, spec_text, SPEC_ARTIFACT)
+
+
 def finish_parent(handle: ExperimentHandle, status: str) -> None:
     MlflowClient(handle.tracking_uri).set_terminated(handle.parent_run_id, status)
 
 
-def mark_parent_running(handle: ExperimentHandle) -> None:
+# ---------------------------------------------------------------------------------------------
+# Child runs as the sweep sees them: by config hash, as plain values.
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """The live child run of a config hash (see `find_run_by_hash` for which one)."""
+
+    run_id: str
+    status: str  # MLflow's run status: RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    final_val_loss: float | None  # logged once, at the last step of a finished run
+
+
+def find_child(handle: ExperimentHandle, config_hash: str) -> ChildState | None:
     client = MlflowClient(handle.tracking_uri)
-    if client.get_run(handle.parent_run_id).info.status != "RUNNING":
-        client.update_run(handle.parent_run_id, status="RUNNING")
+    run = find_run_by_hash(client, handle.experiment_id, config_hash)
+    if run is None:
+        return None
+    return ChildState(run.info.run_id, run.info.status, run.data.metrics.get(FINAL_VAL_LOSS))
+
+
+def finished_hashes(handle: ExperimentHandle) -> set[str]:
+    """Config hashes whose run is FINISHED: the runs a sweep never starts again."""
+    runs = runs_by_hash(MlflowClient(handle.tracking_uri), handle.experiment_id)
+    return {h for h, run in runs.items() if run.info.status == "FINISHED"}
+
+
+def delete_children(handle: ExperimentHandle, config_hashes: Collection[str]) -> int:
+    """Soft-delete every live child run of these hashes (`--force`: the runs start afresh, and
+    one live run per hash remains the rule). Returns how many were deleted."""
+    client = MlflowClient(handle.tracking_uri)
+    doomed = [run.info.run_id for run in child_runs(client, handle.experiment_id)
+              if run.data.tags.get(HASH_TAG) in config_hashes]
+    for run_id in doomed:
+        client.delete_run(run_id)
+    return len(doomed)
+
+
+def kill_running_children(handle: ExperimentHandle, config_hashes: Collection[str]) -> list[str]:
+    """Mark KILLED the RUNNING child runs of these hashes (their workers died); return the hashes
+    marked. They are not FINISHED, so the next sweep queues them again and they resume."""
+    client = MlflowClient(handle.tracking_uri)
+    killed = []
+    for config_hash in config_hashes:
+        run = find_run_by_hash(client, handle.experiment_id, config_hash)
+        if run is not None and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(config_hash)
+    return killed

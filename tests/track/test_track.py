@@ -3,38 +3,38 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 
+from rtlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rtlab.track import (
     ChildRun,
     MetricLogger,
     config_params,
+    delete_children,
+    find_child,
+    finish_parent,
+    finished_hashes,
+    kill_running_children,
     resolve_tracking_uri,
     runs_by_hash,
     setup_experiment,
+    start_parent,
     store_exists,
 )
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def make_run(seed: int = 0) -> RunConfig:
+    return RunConfig(experiment="exp", arm="baseline", seed=seed, grid_point={"train.max_iters": 5},
+                     data=DataConfig(name="tiny", p=[0.1, 0.5]), model=ModelConfig(n_layer=1),
+                     train=TrainConfig(max_iters=5))
 
 
-def open_child(handle, config_hash: str = "abc123", existing_run_id: str | None = None):
-    return ChildRun.open(
-        handle, run_name="baseline-s0", arm="baseline", seed=0, grid_point={},
-        config_hash=config_hash, config={"model": {"n_layer": 1}, "train": {"max_iters": 5}},
-        device="cpu", existing_run_id=existing_run_id,
-    )
+def open_child(handle, run: RunConfig | None = None, existing_run_id: str | None = None):
+    return ChildRun.open(handle, run or make_run(), device="cpu", existing_run_id=existing_run_id)
 
 
-def test_default_tracking_uri_is_mlflows_sqlite_default_in_the_working_directory(store, tmp_path,
+def test_default_tracking_uri_is_mlflows_sqlite_default_in_the_working_directory(workdir, tmp_path,
                                                                                   monkeypatch):
     assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert not store_exists(resolve_tracking_uri())  # resolving creates nothing
@@ -58,12 +58,17 @@ def test_setup_experiment_creates_one_parent_run_and_reuses_it(store, tmp_path):
 
 def test_child_run_has_parent_tags_and_flattened_params(store):
     handle = setup_experiment("exp", store)
-    child = open_child(handle)
+    config = make_run()
+    child = open_child(handle, config)
     child.finish("FINISHED")
     run = MlflowClient(store).get_run(child.run_id)
+    assert run.info.run_name == "baseline-max_iters=5-s0"
     assert run.data.tags["mlflow.parentRunId"] == handle.parent_run_id
-    assert run.data.tags["rtlab.config_hash"] == "abc123"
-    assert run.data.params == {"model.n_layer": "1", "train.max_iters": "5", "seed": "0"}
+    assert run.data.tags["rtlab.config_hash"] == config.config_hash
+    assert run.data.tags["rtlab.arm"] == "baseline" and run.data.tags["rtlab.seed"] == "0"
+    assert run.data.tags["rtlab.grid_point"] == '{"train.max_iters": 5}'
+    assert run.data.params == config_params(config)
+    assert run.data.params["model.n_layer"] == "1" and run.data.params["seed"] == "0"
     assert run.info.status == "FINISHED"
 
 
@@ -75,7 +80,7 @@ def test_resumed_child_run_is_the_same_run_and_skips_logged_steps(store):
     child.finish("KILLED")
 
     client = MlflowClient(store)
-    existing = runs_by_hash(client, handle.experiment_id)["abc123"]
+    existing = runs_by_hash(client, handle.experiment_id)[make_run().config_hash]
     assert existing.info.status == "KILLED"
     resumed = open_child(handle, existing_run_id=existing.info.run_id)
     assert resumed.run_id == child.run_id and resumed.resumed
@@ -121,5 +126,41 @@ def test_metric_logger_drops_non_finite_values(store):
 
 
 def test_config_params_use_dotted_keys_and_json_lists():
-    flat = config_params({"model": {"reasoning": {"n_tokens": 2}}, "data": {"p": [0.1, 0.5]}})
-    assert flat == {"model.reasoning.n_tokens": "2", "data.p": "[0.1, 0.5]"}
+    flat = config_params(make_run(seed=3))
+    assert flat["model.reasoning.n_tokens"] == "0"
+    assert flat["data.p"] == "[0.1, 0.5]" and flat["data.name"] == "tiny"
+    assert flat["train.max_iters"] == "5" and flat["seed"] == "3"
+    assert set(flat) >= {"model.n_embd", "train.learning_rate", "train.min_lr"}
+
+
+def test_parent_records_its_spec_and_reopens_on_a_rerun(store, tmp_path):
+    handle = setup_experiment("exp", store)
+    finish_parent(handle, "KILLED")
+    start_parent(handle, tmp_path / "exp.yaml", "name: exp\n")
+    client = MlflowClient(store)
+    parent = client.get_run(handle.parent_run_id)
+    assert parent.info.status == "RUNNING"
+    assert parent.data.tags["rtlab.spec_path"] == str(tmp_path / "exp.yaml")
+    assert [a.path for a in client.list_artifacts(handle.parent_run_id)] == ["spec.yaml"]
+
+
+def test_the_sweep_sees_child_runs_by_hash_as_plain_values(store):
+    handle = setup_experiment("exp", store)
+    finished, running, other = make_run(0), make_run(1), make_run(2)
+    assert find_child(handle, finished.config_hash) is None
+    done = open_child(handle, finished)
+    done.log_metrics(5, {"final_val_loss": 1.25})
+    done.finish("FINISHED")
+    stuck = open_child(handle, running)  # a worker that died: RUNNING forever
+    open_child(handle, other).finish("FAILED", "boom")
+
+    state = find_child(handle, finished.config_hash)
+    assert (state.run_id, state.status, state.final_val_loss) == (done.run_id, "FINISHED", 1.25)
+    assert finished_hashes(handle) == {finished.config_hash}
+    hashes = {finished.config_hash, running.config_hash}
+    assert kill_running_children(handle, hashes) == [running.config_hash]
+    assert find_child(handle, running.config_hash).status == "KILLED"
+    assert find_child(handle, running.config_hash).run_id == stuck.run_id
+    assert delete_children(handle, {finished.config_hash, other.config_hash}) == 2
+    assert find_child(handle, finished.config_hash) is None  # soft-deleted: not live
+    assert finished_hashes(handle) == set()

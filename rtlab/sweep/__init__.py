@@ -3,18 +3,20 @@
     prepared = prepare_experiment("experiments/mini_sweep.yaml")   # spec -> datasets -> plan
     audits = audit_experiment(prepared)                            # METHODS §4 per arm
     summary = run_sweep(prepared, SweepOptions(workers=2))         # stores -> queue -> workers
+    for outcome in summary.outcomes: ...                           # RunOutcome per run
 
-See `rtlab.sweep.queue` for how a worker on another machine joins a sweep.
+See `rtlab.sweep.queue` for how a worker on another machine joins a sweep, and
+`rtlab.sweep.optuna_adapter` for what the queue needs beyond Optuna's public API.
 """
 
-from rtlab.sweep.queue import QueuedRun, default_storage_url, experiment_state_dir
+from rtlab.sweep.outcome import RunOutcome, RunStatus, RunTimings
+from rtlab.sweep.queue import QueuedRun, RunQueue, default_storage_url, experiment_state_dir
 from rtlab.sweep.runner import (
     ArmAudit,
     PreparedExperiment,
     SweepOptions,
     SweepSummary,
     audit_experiment,
-    model_config_for,
     prepare_experiment,
     run_sweep,
 )
@@ -24,13 +26,16 @@ __all__ = [
     "ArmAudit",
     "PreparedExperiment",
     "QueuedRun",
+    "RunOutcome",
+    "RunQueue",
+    "RunStatus",
+    "RunTimings",
     "SweepOptions",
     "SweepSummary",
     "WorkerConfig",
     "audit_experiment",
     "default_storage_url",
     "experiment_state_dir",
-    "model_config_for",
     "prepare_experiment",
     "run_dir_for",
     "run_sweep",

@@ -1,4 +1,8 @@
-"""What `rtlab run` shows while it works: rich progress bars, or plain log lines (--quiet)."""
+"""What `rtlab run` shows while it works: rich progress bars, or plain log lines (--quiet).
+
+The display only shows: the sweep summary takes each run's `RunOutcome` from the workers, not
+from here.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from rtlab.sweep.outcome import RunOutcome
+
 Event = dict[str, Any]
 
 
@@ -31,13 +37,12 @@ def _loss_text(metrics: dict[str, float]) -> str:
 
 
 class SweepDisplay:
-    """Consumes worker events; the same events drive the bars and the plain log."""
+    """Consumes what workers emit (events and outcomes); they drive the bars or the plain log."""
 
     def __init__(self, total_runs: int, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
         self.console = console or Console(stderr=False)
         self.total_runs = total_runs
-        self.ended: list[Event] = []
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
         self._run_tasks: dict[int, TaskID] = {}
@@ -73,47 +78,55 @@ class SweepDisplay:
         elapsed = time.monotonic() - self._start
         print(f"[{elapsed:7.1f}s] {message}", file=sys.stdout, flush=True)
 
-    # ---- events from workers
-    def handle(self, event: Event) -> None:
-        kind = event.get("type")
-        worker = int(event.get("worker", 0))
+    # ---- what workers emit
+    def handle(self, message: Event | RunOutcome) -> None:
+        if isinstance(message, RunOutcome):
+            self._ended(message)
+            return
+        kind = message.get("type")
+        worker = int(message.get("worker", 0))
         if kind == "start":
-            resumed = " (resumed)" if event.get("resumed") else ""
-            if self._progress is not None:
-                old = self._run_tasks.pop(worker, None)
-                if old is not None:
-                    self._progress.remove_task(old)
-                self._run_tasks[worker] = self._progress.add_task(
-                    f"{event['run_name']}{resumed}", total=event.get("max_iters") or None, info=""
-                )
-            else:
-                self._log(f"w{worker} start {event['run_name']}{resumed}")
+            self._started(worker, message)
         elif kind == "step":
-            metrics = event.get("metrics", {})
-            if self._progress is not None and worker in self._run_tasks:
-                self._progress.update(
-                    self._run_tasks[worker], completed=event["step"], info=_loss_text(metrics)
-                )
-            elif self._progress is None and event.get("eval"):
-                self._log(f"w{worker} {event['run_name']} step {event['step']}: "
-                          f"{_loss_text(metrics)}")
-        elif kind in ("end", "skip"):
-            self.ended.append(event)
-            status = event.get("status", "SKIPPED")
-            text = f"{status.lower()} {event['run_name']}"
-            if event.get("final_val_loss") is not None:
-                text += f" · final val loss {event['final_val_loss']:.4f}"
-            if event.get("failure_reason"):
-                text += f" · {event['failure_reason']}"
-            if self._progress is not None:
-                task = self._run_tasks.pop(worker, None)
-                if task is not None:
-                    self._progress.remove_task(task)
-                assert self._overall is not None
-                if status in ("FINISHED", "FAILED", "SKIPPED"):
-                    self._progress.advance(self._overall)
-                self._progress.console.print(text)
-            else:
-                self._log(f"w{worker} {text}")
+            self._stepped(worker, message)
         elif kind == "worker_error":
-            self.note(f"worker {worker} crashed:\n{event.get('traceback', '')}")
+            self.note(f"worker {worker} crashed:\n{message.get('traceback', '')}")
+
+    def _started(self, worker: int, event: Event) -> None:
+        resumed = " (resumed)" if event.get("resumed") else ""
+        if self._progress is None:
+            self._log(f"w{worker} start {event['run_name']}{resumed}")
+            return
+        old = self._run_tasks.pop(worker, None)
+        if old is not None:
+            self._progress.remove_task(old)
+        self._run_tasks[worker] = self._progress.add_task(
+            f"{event['run_name']}{resumed}", total=event.get("max_iters") or None, info=""
+        )
+
+    def _stepped(self, worker: int, event: Event) -> None:
+        metrics = event.get("metrics", {})
+        if self._progress is not None and worker in self._run_tasks:
+            self._progress.update(
+                self._run_tasks[worker], completed=event["step"], info=_loss_text(metrics)
+            )
+        elif self._progress is None and event.get("eval"):
+            self._log(f"w{worker} {event['run_name']} step {event['step']}: "
+                      f"{_loss_text(metrics)}")
+
+    def _ended(self, outcome: RunOutcome) -> None:
+        text = f"{outcome.status.lower()} {outcome.run_name}"
+        if outcome.final_val_loss is not None:
+            text += f" · final val loss {outcome.final_val_loss:.4f}"
+        if outcome.failure_reason:
+            text += f" · {outcome.failure_reason}"
+        if self._progress is None:
+            self._log(f"w{outcome.worker} {text}")
+            return
+        task = self._run_tasks.pop(outcome.worker, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        assert self._overall is not None
+        if outcome.status != "KILLED":
+            self._progress.advance(self._overall)
+        self._progress.console.print(text)

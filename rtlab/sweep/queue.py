@@ -4,34 +4,51 @@ A trial is a queue entry, not an identity: the run's identity is its config hash
 The main process enqueues one WAITING trial per run that is not FINISHED in MLflow; workers pop
 WAITING trials until none remain and tell each one COMPLETE (value: final val loss) or FAIL.
 
-Each trial carries everything needed to run it (resolved config, seed, names) in its user
-attributes, and the study carries the MLflow handle, so a worker needs only the storage URL and
-the study name: a worker on another machine joins with the same storage URL (a shared database)
-and tracking URI (`rtlab worker --storage URL --study NAME --tracking-uri URI`).
+Each trial carries its whole `RunConfig` (as JSON) in its user attributes, and the study carries
+the MLflow handle, so a worker needs only the storage URL and the study name: a worker on another
+machine joins with the same storage URL (a shared database) and tracking URI
+(`rtlab worker --storage URL --study NAME --tracking-uri URI`).
+
+A RUNNING trial whose worker died (SIGKILL, a crash, a lost machine) is failed by the next sweep
+and its run queued again. Optuna's own heartbeat (`RDBStorage(heartbeat_interval=...)` with
+`optuna.storages.fail_stale_trials`) judges by time alone; rtlab also knows the worker's host and
+pid, so a dead worker on this machine is noticed at once rather than after a grace period.
+`rtlab.sweep.optuna_adapter` says what else Optuna's public API lacks for a queue.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+
+from rtlab.config import RunConfig
+from rtlab.sweep import optuna_adapter as adapter
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STATE_DIR = Path(".rtlab")
+# Trial user attrs: what a worker runs
+RUN_ATTR = "run"  # the RunConfig, JSON
+HASH_ATTR = "config_hash"
+RUN_NAME_ATTR = "run_name"  # for people reading the study
+MLFLOW_RUN_ATTR = "mlflow_run_id"
+# Trial system attrs: who holds a trial, and why rtlab failed one
 HOST_ATTR = "rtlab.host"
 PID_ATTR = "rtlab.pid"
 HEARTBEAT_ATTR = "rtlab.heartbeat"
+STALE_ATTR = "rtlab.stale"  # its worker died
+SUPERSEDED_ATTR = "rtlab.superseded"  # the spec no longer plans it
+UNREADABLE_ATTR = "rtlab.unreadable"  # queued by an rtlab whose RunConfig this one cannot read
 HEARTBEAT_SECONDS = 30.0
 # A RUNNING trial of another machine whose heartbeat is older than this is taken as dead.
 STALE_AFTER_SECONDS = 300.0
@@ -43,70 +60,56 @@ def experiment_state_dir(experiment: str, root: Path | None = None) -> Path:
 
 
 def default_storage_url(state_dir: Path) -> str:
-    return f"sqlite:///{state_dir / 'optuna.db'}"
+    return f"{adapter.SQLITE_PREFIX}{state_dir / 'optuna.db'}"
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite: wait for a writer instead of failing at once when several workers write.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    engine_kwargs = {"connect_args": {"timeout": 60}} if adapter.sqlite_path(url) else None
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def create_study(url: str, name: str, experiment_attrs: dict[str, str]) -> optuna.Study:
-    """Create (or load) the study in the main process, before any worker opens it."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        storage=open_storage(url), study_name=name, direction="minimize", load_if_exists=True
-    )
-    for key, value in experiment_attrs.items():
-        study.set_user_attr(key, value)
-    return study
-
-
 def load_study(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url))
+    """The study itself, for reading (raises KeyError when there is none)."""
+    return RunQueue.open(url, name).study
+
+
+def queued_hash(trial: FrozenTrial) -> str | None:
+    """The config hash a trial carries (None: not an rtlab queue entry)."""
+    return trial.user_attrs.get(HASH_ATTR)
 
 
 @dataclass(frozen=True)
 class QueuedRun:
-    """What a trial carries: enough to train and log the run without the spec file."""
+    """A claimed queue entry: the run, and the trial that carries it."""
 
-    config_hash: str
-    run_name: str
-    arm: str
-    seed: int
-    grid_point: dict[str, Any]
-    config: dict[str, Any]
+    number: int  # the trial's number in the study
+    trial_id: int  # its id in the storage
+    run: RunConfig
 
-    def to_attrs(self) -> dict[str, Any]:
-        return {
-            "run_name": self.run_name,
-            "arm": self.arm,
-            "seed": self.seed,
-            "grid_point": self.grid_point,
-            "config": self.config,
-        }
-
-    @classmethod
-    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> QueuedRun:
-        attrs = trial.user_attrs
-        return cls(
-            config_hash=trial.system_attrs["fixed_params"]["config_hash"],
-            run_name=attrs["run_name"],
-            arm=attrs["arm"],
-            seed=int(attrs["seed"]),
-            grid_point=dict(attrs["grid_point"]),
-            config=dict(attrs["config"]),
-        )
+    @property
+    def config_hash(self) -> str:
+        return self.run.config_hash
 
 
-def queued_hash(trial: optuna.trial.FrozenTrial) -> str | None:
-    return (trial.system_attrs.get("fixed_params") or {}).get("config_hash")
+def read_run(trial: FrozenTrial) -> RunConfig | None:
+    """The RunConfig a trial carries, or None if this rtlab cannot read it as the same run."""
+    try:
+        run = RunConfig.from_json(trial.user_attrs[RUN_ATTR])
+    except (KeyError, TypeError, ValidationError):
+        return None
+    return run if run.config_hash == queued_hash(trial) else None
 
 
-def enqueue(study: optuna.Study, run: QueuedRun) -> None:
-    study.enqueue_trial({"config_hash": run.config_hash}, user_attrs=run.to_attrs())
+def is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
+    """A RUNNING trial whose worker is gone: a dead pid on this host, or a silent heartbeat."""
+    attrs = trial.system_attrs
+    if attrs.get(HOST_ATTR) == socket.gethostname() and PID_ATTR in attrs:
+        return not _pid_alive(int(attrs[PID_ATTR]))
+    beat = attrs.get(HEARTBEAT_ATTR)
+    if beat is None:
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+    return (now or time.time()) - float(beat) > STALE_AFTER_SECONDS
 
 
 def _pid_alive(pid: int) -> bool:
@@ -119,115 +122,108 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(trial: optuna.trial.FrozenTrial, now: float | None = None) -> bool:
-    """A RUNNING trial whose worker is gone: a dead pid on this host, or a silent heartbeat."""
-    attrs = trial.system_attrs
-    if attrs.get(HOST_ATTR) == socket.gethostname() and PID_ATTR in attrs:
-        return not _pid_alive(int(attrs[PID_ATTR]))
-    beat = attrs.get(HEARTBEAT_ATTR)
-    if beat is None:
-        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-        beat = started
-    return (now or time.time()) - float(beat) > STALE_AFTER_SECONDS
+class RunQueue:
+    """One experiment's queue: its study, on a storage this object opened and keeps."""
 
+    def __init__(self, url: str, storage: optuna.storages.RDBStorage, study: optuna.Study):
+        self.url = url
+        self.storage = storage
+        self.study = study
+        self.study_id = storage.get_study_id_from_name(study.study_name)
 
-def fail_stale_trials(study: optuna.Study) -> list[str]:
-    """Mark RUNNING trials of dead workers FAIL (their runs get enqueued again); return hashes."""
-    storage = study._storage
-    stale = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_stale(trial):
-            continue
-        try:
-            storage.set_trial_system_attr(trial._trial_id, "rtlab.stale", True)
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                stale.append(queued_hash(trial) or "")
-        except UpdateFinishedTrialError:
-            pass  # another process got there first
-    return stale
+    @classmethod
+    def create(cls, url: str, name: str, attrs: Mapping[str, str]) -> RunQueue:
+        """Create (or load) the study in the main process, before any worker opens it; `attrs`
+        become its user attributes (the MLflow handle)."""
+        database = adapter.sqlite_path(url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(url)
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="minimize", load_if_exists=True
+        )
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return cls(url, storage, study)
 
+    @classmethod
+    def open(cls, url: str, name: str) -> RunQueue:
+        """The queue of an existing study (KeyError when there is none)."""
+        storage = open_storage(url)
+        return cls(url, storage, optuna.load_study(study_name=name, storage=storage))
 
-def pending_hashes(study: optuna.Study) -> set[str]:
-    """Hashes already queued or being run by a live worker."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-    return {h for t in trials if (h := queued_hash(t)) is not None}
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.study.user_attrs
 
+    # ---- the main process
+    def enqueue(self, run: RunConfig) -> None:
+        self.study.enqueue_trial({}, user_attrs={
+            HASH_ATTR: run.config_hash, RUN_NAME_ATTR: run.run_name, RUN_ATTR: run.to_json(),
+        })
 
-@contextmanager
-def _claim_lock(study: optuna.Study) -> Iterator[None]:
-    """Serialise claims on a SQLite storage (one machine: an fcntl lock next to the file).
+    def hashes(self, *states: TrialState) -> set[str]:
+        """Config hashes of the trials in these states."""
+        trials = self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
+        return {h for t in trials if (h := queued_hash(t)) is not None}
 
-    Optuna's claim is read-check-write; on PostgreSQL/MySQL the read is `SELECT ... FOR UPDATE`,
-    but SQLite ignores that, and two processes can both see WAITING and both claim the trial.
-    """
-    url = getattr(_backend(study._storage), "url", "")
-    if not url.startswith("sqlite:///"):
-        yield
-        return
-    lock_path = Path(url[len("sqlite:///") :] + ".claim.lock")
-    with open(lock_path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    def pending_hashes(self) -> set[str]:
+        """Hashes already queued or being run by a live worker."""
+        return self.hashes(TrialState.WAITING, TrialState.RUNNING)
 
+    def fail_stale(self) -> list[str]:
+        """FAIL the RUNNING trials of dead workers (their runs get queued again); their hashes."""
+        running = self.storage.get_all_trials(self.study_id, states=(TrialState.RUNNING,))
+        return self._fail([t for t in running if is_stale(t)], STALE_ATTR)
 
-def _backend(storage: Any) -> Any:
-    return getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    def drop_waiting_except(self, keep: set[str]) -> list[str]:
+        """Take out of the queue the WAITING runs that the experiment no longer plans (its file
+        was edited since they were queued): a sweep runs what its spec says, nothing left over."""
+        with adapter.claim_lock(self.url):
+            waiting = self.storage.get_all_trials(self.study_id, states=(TrialState.WAITING,))
+            return self._fail([t for t in waiting if queued_hash(t) not in keep], SUPERSEDED_ATTR)
 
-
-def pop_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
-    """Claim one WAITING trial, or None when the queue is empty.
-
-    Unlike `Study.ask()`, an empty queue never creates a fresh (parameterless) trial: between
-    listing and claiming, another worker may take every trial, and the loser simply moves on.
-    """
-    with _claim_lock(study):
-        return _pop_waiting_trial(study)
-
-
-def _pop_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
-    storage = study._storage
-    for frozen in storage.get_all_trials(
-        study._study_id, deepcopy=False, states=(TrialState.WAITING,)
-    ):
-        try:
-            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                continue  # another worker claimed it first
-        except UpdateFinishedTrialError:
-            continue
-        storage.set_trial_system_attr(frozen._trial_id, HOST_ATTR, socket.gethostname())
-        storage.set_trial_system_attr(frozen._trial_id, PID_ATTR, os.getpid())
-        storage.set_trial_system_attr(frozen._trial_id, HEARTBEAT_ATTR, time.time())
-        return optuna.Trial(study, frozen._trial_id)
-    return None
-
-
-def drop_waiting_except(study: optuna.Study, keep: set[str]) -> list[str]:
-    """Take out of the queue the WAITING runs that the experiment no longer plans (its file was
-    edited since they were queued): a sweep runs what its spec says, nothing left over."""
-    dropped = []
-    with _claim_lock(study):
-        storage = study._storage
-        for trial in storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(TrialState.WAITING,)
-        ):
-            config_hash = queued_hash(trial)
-            if config_hash in keep:
-                continue
+    def _fail(self, trials: list[FrozenTrial], reason_attr: str) -> list[str]:
+        failed = []
+        for trial in trials:
+            trial_id = adapter.trial_id(self.storage, self.study_id, trial)
             try:
-                storage.set_trial_system_attr(trial._trial_id, "rtlab.superseded", True)
-                if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                    dropped.append(config_hash or "")
+                self.storage.set_trial_system_attr(trial_id, reason_attr, True)
             except UpdateFinishedTrialError:
-                pass
-    return dropped
+                continue  # another process finished it first
+            if adapter.set_state(self.storage, trial_id, TrialState.FAIL):
+                failed.append(queued_hash(trial) or "")
+        return failed
 
+    # ---- workers
+    def pop(self) -> QueuedRun | None:
+        """Claim the next WAITING run, or None when the queue is empty (never creates a trial)."""
+        while (trial := adapter.claim_waiting(self.storage, self.study_id, self.url)) is not None:
+            trial_id = adapter.trial_id(self.storage, self.study_id, trial)
+            for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
+                               (HEARTBEAT_ATTR, time.time())):
+                self.storage.set_trial_system_attr(trial_id, key, value)
+            run = read_run(trial)
+            if run is not None:
+                return QueuedRun(trial.number, trial_id, run)
+            self.storage.set_trial_system_attr(trial_id, UNREADABLE_ATTR, True)
+            self.study.tell(trial.number, state=TrialState.FAIL)
+        return None
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
-    study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+    def heartbeat(self, entry: QueuedRun) -> None:
+        self.storage.set_trial_system_attr(entry.trial_id, HEARTBEAT_ATTR, time.time())
 
+    def set_mlflow_run(self, entry: QueuedRun, run_id: str) -> None:
+        self.storage.set_trial_user_attr(entry.trial_id, MLFLOW_RUN_ATTR, run_id)
 
-def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-    return study._storage.get_trial(trial._trial_id)
+    def finish(self, entry: QueuedRun, final_val_loss: float | None) -> None:
+        """COMPLETE with the run's final val loss, or FAIL without one. A trial failed meanwhile
+        (taken for stale) stays as it is: MLflow, not the queue, says whether the run finished."""
+        if final_val_loss is None:
+            self.study.tell(entry.number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.study.tell(entry.number, final_val_loss, TrialState.COMPLETE,
+                            skip_if_finished=True)
+
+    def trial(self, entry: QueuedRun) -> FrozenTrial:
+        return self.storage.get_trial(entry.trial_id)

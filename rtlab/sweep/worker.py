@@ -1,38 +1,39 @@
 """A worker: pop a queued run, train it (rtlab.execute), log it (rtlab.track), repeat until empty.
 
 Workers are separate processes started by `rtlab run --workers N` (or one in the main process
-for N = 1), or `rtlab worker` on another machine sharing the study's database. Progress goes to
-`emit(event)`: a multiprocessing queue read by the main process's display, or a plain log.
+for N = 1), or `rtlab worker` on another machine sharing the study's database. Everything a worker
+says goes to `emit(message)`: progress events (dicts, for the display) and, as each run ends, its
+`RunOutcome`. From a worker process both travel over a multiprocessing queue to the main process.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-from mlflow import MlflowClient
-from optuna.trial import TrialState
+from rtlab.config import DataConfig, RunConfig, canonical_json
+from rtlab.sweep.outcome import RunOutcome, RunStatus, RunTimings
+from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue
+from rtlab.track import ChildRun, ChildState, ExperimentHandle, find_child
+from rtlab.track.names import FINAL_VAL_LOSS, TRAIN_LOSS, VAL_LOSS
 
-from rtlab.sweep import queue as run_queue
-from rtlab.sweep.queue import QueuedRun
-from rtlab.track import ChildRun, ExperimentHandle, find_run_by_hash
-
-Event = dict[str, Any]
-Emit = Callable[[Event], None]
+Event = dict[str, Any]  # progress for the display: start, step, worker_done, worker_error
+Message = Event | RunOutcome
+Emit = Callable[[Message], None]
 ShouldStop = Callable[[], bool]
 
 # Progress events carry at most this many step updates per second per worker.
 STEP_EVENTS_PER_SECOND = 4.0
+DISPLAY_METRICS = ("batch_loss", TRAIN_LOSS, VAL_LOSS, "tokens_per_sec")
 
 
 @dataclass(frozen=True)
@@ -48,27 +49,11 @@ class WorkerConfig:
     gpu: int | None = None  # CUDA device index for this worker
 
 
-@dataclass
-class RunOutcome:
-    run_name: str
-    config_hash: str
-    status: str  # FINISHED, FAILED, KILLED, SKIPPED
-    final_val_loss: float | None = None
-    failure_reason: str | None = None
-    train_wall_seconds: float = 0.0
-    step_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    tracking_seconds: float = 0.0  # opening, artifacts and ending the MLflow run (outside train)
-
-
-def handle_from_study(study: optuna.Study, tracking_uri: str | None) -> ExperimentHandle:
-    attrs = study.user_attrs
-    return ExperimentHandle(
-        tracking_uri=tracking_uri or attrs["tracking_uri"],
-        experiment_id=attrs["experiment_id"],
-        experiment_name=attrs["experiment_name"],
-        parent_run_id=attrs["parent_run_id"],
-    )
+def handle_from_attrs(attrs: Mapping[str, Any], tracking_uri: str | None) -> ExperimentHandle:
+    """The MLflow handle the study carries (`tracking_uri`, if given, replaces its URI)."""
+    handle = ExperimentHandle(**{f.name: attrs[f.name]
+                                 for f in dataclasses.fields(ExperimentHandle)})
+    return dataclasses.replace(handle, tracking_uri=tracking_uri or handle.tracking_uri)
 
 
 def run_dir_for(state_dir: str | Path, config_hash: str) -> Path:
@@ -80,43 +65,6 @@ def reset_run_dir(state_dir: str | Path, config_hash: str) -> None:
     shutil.rmtree(run_dir_for(state_dir, config_hash), ignore_errors=True)
 
 
-class _DatasetCache:
-    """Each worker loads a dataset once, whatever the number of runs using it."""
-
-    def __init__(self) -> None:
-        self._loaded: dict[str, Any] = {}
-
-    def get(self, data_section: dict[str, Any]) -> Any:
-        from rtlab.data import load_data_section
-
-        key = json.dumps(data_section, sort_keys=True, default=str)
-        if key not in self._loaded:
-            self._loaded[key] = load_data_section(data_section)
-        return self._loaded[key]
-
-
-class _Heartbeat:
-    """Tells the study this worker is alive while a run trains (see queue.is_stale)."""
-
-    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, args=(study, trial), name="rtlab-heartbeat", daemon=True
-        )
-        self._thread.start()
-
-    def _loop(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        while not self._stop.wait(run_queue.HEARTBEAT_SECONDS):
-            try:
-                run_queue.heartbeat(study, trial)
-            except Exception:  # a busy store: the next beat will do
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> list[RunOutcome]:
     """Pull WAITING trials until none remain (or a stop is asked); return what happened."""
     import torch
@@ -125,160 +73,236 @@ def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> lis
         torch.set_num_threads(config.threads)
     if config.gpu is not None and torch.cuda.is_available():
         torch.cuda.set_device(config.gpu)
-    study = run_queue.load_study(config.storage_url, config.study_name)
-    handle = handle_from_study(study, config.tracking_uri)
-    datasets = _DatasetCache()
-    outcomes: list[RunOutcome] = []
-    while not should_stop():
-        trial = run_queue.pop_waiting_trial(study)
-        if trial is None:
-            break  # queue empty: every run is done or taken by another worker
-        run = QueuedRun.from_trial(run_queue.frozen(study, trial))
-        outcome = run_trial(config, study, trial, run, handle, datasets, emit, should_stop)
-        outcomes.append(outcome)
-        if outcome.status == "KILLED":
-            break
-    emit({"type": "worker_done", "worker": config.worker_index})
-    return outcomes
+    return Worker(config, emit, should_stop).run()
 
 
-def run_trial(
-    config: WorkerConfig,
-    study: optuna.Study,
-    trial: optuna.Trial,
-    run: QueuedRun,
-    handle: ExperimentHandle,
-    datasets: _DatasetCache,
-    emit: Emit,
-    should_stop: ShouldStop,
-) -> RunOutcome:
-    """Train and log one run; tell the trial how it ended. Never raises for a failed run."""
-    from rtlab.execute import TrainingDiverged, train
-    from rtlab.model.device import resolve_device
+class Worker:
+    def __init__(self, config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> None:
+        self.config = config
+        self.emit = emit
+        self.should_stop = should_stop
+        self.queue = RunQueue.open(config.storage_url, config.study_name)
+        self.handle = handle_from_attrs(self.queue.attrs, config.tracking_uri)
+        self.datasets = _DatasetCache()
 
-    worker = config.worker_index
-    tracking_start = time.perf_counter()
-    client = MlflowClient(handle.tracking_uri)
-    existing = find_run_by_hash(client, handle.experiment_id, run.config_hash)
-    if existing is not None and existing.info.status == "FINISHED":
-        # Another sweep finished it after this one was queued: never run twice.
-        value = existing.data.metrics.get("final_val_loss")
-        if value is None:
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, values=value, state=TrialState.COMPLETE)
-        emit({"type": "skip", "worker": worker, "run_name": run.run_name})
-        return RunOutcome(run.run_name, run.config_hash, "SKIPPED", value)
+    def run(self) -> list[RunOutcome]:
+        outcomes: list[RunOutcome] = []
+        while not self.should_stop():
+            entry = self.queue.pop()
+            if entry is None:
+                break  # queue empty: every run is done or taken by another worker
+            outcomes.append(self.run_trial(entry))
+            if outcomes[-1].status == "KILLED":
+                break
+        self.emit({"type": "worker_done", "worker": self.config.worker_index})
+        return outcomes
 
-    run_dir = run_dir_for(config.state_dir, run.config_hash)
-    if existing is None:
-        # A checkpoint belongs to the MLflow run that wrote it: a new run (another store, a
-        # deleted run) must not continue someone else's training and skip its metrics.
-        reset_run_dir(config.state_dir, run.config_hash)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_section = run.config.get("train", {})
-    device = str(resolve_device(train_section.get("device", "auto")))
-    child = ChildRun.open(
-        handle,
-        run_name=run.run_name,
-        arm=run.arm,
-        seed=run.seed,
-        grid_point=run.grid_point,
-        config_hash=run.config_hash,
-        config=run.config,
-        device=device,
-        existing_run_id=existing.info.run_id if existing is not None else None,
-    )
-    study._storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", child.run_id)
-    max_iters = int(train_section.get("max_iters", 0))
-    tracking_seconds = time.perf_counter() - tracking_start
-    emit({
-        "type": "start", "worker": worker, "run_name": run.run_name, "max_iters": max_iters,
-        "resumed": child.resumed, "run_id": child.run_id,
-    })
+    def run_trial(self, entry: QueuedRun) -> RunOutcome:
+        """Train and log one run; tell the queue how it ended. Never raises for a failed run."""
+        tracking = _Stopwatch()
+        with tracking:
+            existing = find_child(self.handle, entry.config_hash)
+        if existing is not None and existing.status == "FINISHED":
+            return self._skip(entry, existing)  # another sweep finished it after it was queued
+        with tracking:
+            child = self._open(entry, existing)
+        self.emit({"type": "start", "worker": self.config.worker_index,
+                   "run_name": entry.run.run_name, "max_iters": entry.run.train.max_iters,
+                   "resumed": child.resumed, "run_id": child.run_id})
+        trained = _Trained("KILLED")  # what an abort (KeyboardInterrupt) leaves
+        heartbeat = _Heartbeat(self.queue, entry)
+        try:
+            trained = self._train(entry.run, child)
+        finally:
+            heartbeat.stop()
+            with tracking:
+                final_val = self._end(entry, child, trained)
+        outcome = self._outcome(entry.run, trained.status, final_val, trained.failure_reason,
+                                child.run_id, trained.timings(tracking.seconds))
+        self.emit(outcome)
+        return outcome
 
-    last_emit = [0.0]
-    last_loss: dict[str, float] = {}
-    checkpoint_interval = int(train_section.get("checkpoint_interval", 0) or 0)
+    def _skip(self, entry: QueuedRun, existing: ChildState) -> RunOutcome:
+        self.queue.finish(entry, existing.final_val_loss)
+        outcome = self._outcome(entry.run, "SKIPPED", existing.final_val_loss,
+                                run_id=existing.run_id)
+        self.emit(outcome)
+        return outcome
 
-    def on_metrics(step: int, metrics: dict[str, float]) -> None:
-        child.log_metrics(step, metrics)
+    def _open(self, entry: QueuedRun, existing: ChildState | None) -> ChildRun:
+        from rtlab.model.device import resolve_device
+
+        if existing is None:
+            # A checkpoint belongs to the MLflow run that wrote it: a new run (another store, a
+            # deleted run) must not continue someone else's training and skip its metrics.
+            reset_run_dir(self.config.state_dir, entry.config_hash)
+        run_dir_for(self.config.state_dir, entry.config_hash).mkdir(parents=True, exist_ok=True)
+        child = ChildRun.open(
+            self.handle, entry.run, device=str(resolve_device(entry.run.train.device)),
+            existing_run_id=existing.run_id if existing is not None else None,
+        )
+        self.queue.set_mlflow_run(entry, child.run_id)
+        return child
+
+    def _train(self, run: RunConfig, child: ChildRun) -> _Trained:
+        """train(), then the finished run's artifacts; a failure is a FAILED run, not a raise."""
+        from rtlab.execute import TrainingDiverged, train
+
+        run_dir = run_dir_for(self.config.state_dir, run.config_hash)
+        relay = _MetricsRelay(child, self.emit, self.config.worker_index, run, self.should_stop)
+        try:
+            result = train(run, run_dir, self.datasets.get(run.data),
+                           on_metrics=relay, should_stop=relay.should_stop)
+            if result.status == "stopped":
+                return _Trained("KILLED", result=result)
+            artifacts = _Stopwatch()
+            with artifacts:
+                child.log_result(
+                    run, flops_per_token=result.flops_per_token, sample_text=result.sample,
+                    checkpoint=result.checkpoint_path if run.train.save_checkpoint else None,
+                )
+            return _Trained("FINISHED", result=result, tracking_seconds=artifacts.seconds)
+        except TrainingDiverged as error:
+            return _Trained("FAILED", f"diverged: {error.reason}")
+        except Exception as error:  # a broken run must not end the sweep
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            return _Trained("FAILED", f"{type(error).__name__}: {error}")
+
+    def _end(self, entry: QueuedRun, child: ChildRun, trained: _Trained) -> float | None:
+        """End the MLflow run and the trial; return the final val loss of a finished run."""
+        child.finish(trained.status, trained.failure_reason)
+        final_val = None
+        if trained.status == "FINISHED" and trained.result is not None:
+            final_val = trained.result.final_metrics.get(FINAL_VAL_LOSS)
+        self.queue.finish(entry, final_val)
+        return final_val
+
+    def _outcome(
+        self,
+        run: RunConfig,
+        status: RunStatus,
+        final_val_loss: float | None,
+        failure_reason: str | None = None,
+        run_id: str | None = None,
+        timings: RunTimings | None = None,
+    ) -> RunOutcome:
+        return RunOutcome(
+            run_name=run.run_name, config_hash=run.config_hash, arm=run.arm, seed=run.seed,
+            status=status, final_val_loss=final_val_loss, failure_reason=failure_reason,
+            run_id=run_id, worker=self.config.worker_index, timings=timings or RunTimings(),
+        )
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """How train() ended for the worker."""
+
+    status: RunStatus
+    failure_reason: str | None = None
+    result: Any = None  # rtlab.execute.TrainResult, when train() returned
+    tracking_seconds: float = 0.0  # logging the finished run's artifacts
+
+    def timings(self, other_tracking_seconds: float) -> RunTimings:
+        tracking = self.tracking_seconds + other_tracking_seconds
+        if self.result is None:
+            return RunTimings(tracking=tracking)
+        return RunTimings(
+            train_wall=self.result.wall_seconds, steps=self.result.step_seconds,
+            eval=self.result.overhead_seconds.get("eval", 0.0), tracking=tracking,
+        )
+
+
+class _Stopwatch:
+    """Adds up the seconds spent inside `with stopwatch:` blocks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+class _MetricsRelay:
+    """train()'s callbacks: every metric to MLflow, a few step events to the display."""
+
+    def __init__(
+        self, child: ChildRun, emit: Emit, worker: int, run: RunConfig, should_stop: ShouldStop
+    ) -> None:
+        self.child = child
+        self.emit = emit
+        self.worker = worker
+        self.run_name = run.run_name
+        self.max_iters = run.train.max_iters
+        self.checkpoint_interval = run.train.checkpoint_interval
+        self._should_stop = should_stop
+        self._last_emit = 0.0
+        self._latest: dict[str, float] = {}
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self.child.log_metrics(step, metrics)
         # The trainer writes a step's checkpoint right after reporting its metrics, and a
         # resumed run re-emits only steps after its checkpoint: so the metrics must be in the
         # store before that checkpoint file can exist (the one blocking write, at checkpoints).
-        if step == max_iters or (checkpoint_interval and step % checkpoint_interval == 0):
-            child.metrics.flush()
-        for key in ("batch_loss", "train_loss", "val_loss", "tokens_per_sec"):
-            if key in metrics:
-                last_loss[key] = metrics[key]
+        if step == self.max_iters or step % self.checkpoint_interval == 0:
+            self.child.flush_metrics()
+        self._latest.update({k: metrics[k] for k in DISPLAY_METRICS if k in metrics})
         now = time.monotonic()
-        if now - last_emit[0] >= 1.0 / STEP_EVENTS_PER_SECOND or "val_loss" in metrics:
-            last_emit[0] = now
-            emit({"type": "step", "worker": worker, "run_name": run.run_name, "step": step,
-                  "metrics": dict(last_loss), "eval": "val_loss" in metrics})
+        evaluated = VAL_LOSS in metrics
+        if evaluated or now - self._last_emit >= 1.0 / STEP_EVENTS_PER_SECOND:
+            self._last_emit = now
+            self.emit({"type": "step", "worker": self.worker, "run_name": self.run_name,
+                       "step": step, "metrics": dict(self._latest), "eval": evaluated})
 
-    def stop_requested() -> bool:
-        if should_stop():
-            child.metrics.flush()  # a stopped run writes its resume checkpoint next
+    def should_stop(self) -> bool:
+        if self._should_stop():
+            self.child.flush_metrics()  # a stopped run writes its resume checkpoint next
             return True
         return False
 
-    heartbeat = _Heartbeat(study, trial)
-    status, reason = "FAILED", None
-    try:
-        result = train(
-            run.config, run.seed, run_dir, datasets.get(run.config["data"]),
-            on_metrics=on_metrics, should_stop=stop_requested,
+
+class _DatasetCache:
+    """Each worker loads a dataset once, whatever the number of runs using it."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] = {}
+
+    def get(self, data: DataConfig) -> Any:
+        from rtlab.data import load_data_section
+
+        key = canonical_json(data.model_dump())
+        if key not in self._loaded:
+            self._loaded[key] = load_data_section(data)
+        return self._loaded[key]
+
+
+class _Heartbeat:
+    """Tells the queue this worker is alive while a run trains (see queue.is_stale)."""
+
+    def __init__(self, queue: RunQueue, entry: QueuedRun) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(queue, entry), name="rtlab-heartbeat", daemon=True
         )
-        tracking_start = time.perf_counter()
-        if result.status == "stopped":
-            status = "KILLED"
-        else:
-            child.log_param("flops_per_token", result.flops_per_token)
-            keep = train_section.get("save_checkpoint", True)
-            child.log_artifacts(
-                config=run.config,
-                sample_text=result.sample,
-                checkpoint=result.checkpoint_path if keep else None,
-            )
-            status = "FINISHED"
-    except TrainingDiverged as error:
-        reason = f"diverged: {error.reason}"
-        tracking_start = time.perf_counter()
-    except KeyboardInterrupt:
-        status, reason = "KILLED", None
-        raise
-    except Exception as error:  # a broken run must not end the sweep
-        reason = f"{type(error).__name__}: {error}"
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        tracking_start = time.perf_counter()
-    finally:
-        heartbeat.stop()
-        child.finish(status, reason)
-        final_val = None
-        if status == "FINISHED":
-            final_val = result.final_metrics.get("final_val_loss")
-        if final_val is not None:
-            study.tell(trial, values=final_val, state=TrialState.COMPLETE)
-        else:
-            study.tell(trial, state=TrialState.FAIL)
-    tracking_seconds += time.perf_counter() - tracking_start
-    outcome = RunOutcome(run.run_name, run.config_hash, status, final_val, reason,
-                         tracking_seconds=tracking_seconds)
-    if status in ("FINISHED", "KILLED"):
-        outcome.train_wall_seconds = result.wall_seconds
-        outcome.step_seconds = result.step_seconds
-        outcome.eval_seconds = result.overhead_seconds.get("eval", 0.0)
-    emit({"type": "end", "worker": worker, "run_name": run.run_name, "status": status,
-          "final_val_loss": final_val, "failure_reason": reason,
-          "train_wall_seconds": outcome.train_wall_seconds,
-          "step_seconds": outcome.step_seconds, "eval_seconds": outcome.eval_seconds,
-          "tracking_seconds": outcome.tracking_seconds})
-    return outcome
+        self._thread.start()
+
+    def _loop(self, queue: RunQueue, entry: QueuedRun) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                queue.heartbeat(entry)
+            except Exception:  # a busy store: the next beat will do
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def worker_process_main(
-    config: WorkerConfig, events: Any, stop_event: Any, parent_pid: int
+    config: WorkerConfig, messages: Any, stop_event: Any, parent_pid: int
 ) -> None:
     """Entry point of a worker process started by `rtlab run --workers N` (spawn)."""
     # Ctrl-C in a terminal reaches the whole process group; the main process decides and tells
@@ -295,10 +319,8 @@ def worker_process_main(
 
     threading.Thread(target=watch_parent, daemon=True).start()
     try:
-        run_worker(
-            config, events.put, lambda: stop_event.is_set() or orphaned.is_set()
-        )
+        run_worker(config, messages.put, lambda: stop_event.is_set() or orphaned.is_set())
     except Exception:
-        events.put({"type": "worker_error", "worker": config.worker_index,
-                    "traceback": traceback.format_exc()})
+        messages.put({"type": "worker_error", "worker": config.worker_index,
+                      "traceback": traceback.format_exc()})
         raise

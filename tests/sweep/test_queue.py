@@ -9,46 +9,60 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
+from rtlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rtlab.sweep import queue as run_queue
-from rtlab.sweep.queue import QueuedRun
+from rtlab.sweep.queue import RunQueue
+
+HANDLE = {"tracking_uri": "sqlite:///x.db", "experiment_id": "1", "experiment_name": "exp",
+          "parent_run_id": "p"}
+
+
+def make_run(seed: int = 0) -> RunConfig:
+    return RunConfig(
+        experiment="exp", arm="baseline", seed=seed, grid_point={"model.n_layer": 1},
+        data=DataConfig(name="tiny", n_digits=3), model=ModelConfig(n_layer=1),
+        train=TrainConfig(max_iters=5), data_fingerprint="f" * 64,
+    )
 
 
 @pytest.fixture
-def study(tmp_path: Path) -> optuna.Study:
-    url = run_queue.default_storage_url(tmp_path / "exp")
-    return run_queue.create_study(url, "exp", {"tracking_uri": "sqlite:///x.db"})
+def url(tmp_path: Path) -> str:
+    return run_queue.default_storage_url(tmp_path / "exp")
 
 
-def queued(config_hash: str) -> QueuedRun:
-    return QueuedRun(config_hash, f"run-{config_hash}", "baseline", 0, {}, {"train": {}})
+@pytest.fixture
+def queue(url: str) -> RunQueue:
+    return RunQueue.create(url, "exp", HANDLE)
 
 
-def test_empty_queue_pops_nothing_and_creates_no_trial(study):
-    assert run_queue.pop_waiting_trial(study) is None
-    assert study.get_trials() == []
+def test_empty_queue_pops_nothing_and_creates_no_trial(queue):
+    assert queue.pop() is None
+    assert queue.study.get_trials() == []
 
 
-def test_trial_carries_the_run_and_the_study_carries_the_store(study):
-    run_queue.enqueue(study, queued("h1"))
-    trial = run_queue.pop_waiting_trial(study)
-    frozen = run_queue.frozen(study, trial)
-    assert QueuedRun.from_trial(frozen) == queued("h1")
-    assert frozen.state == optuna.trial.TrialState.RUNNING
-    assert study.user_attrs["tracking_uri"] == "sqlite:///x.db"
+def test_trial_carries_the_whole_run_and_the_study_carries_the_store(queue, url):
+    run = make_run()
+    queue.enqueue(run)
+    entry = RunQueue.open(url, "exp").pop()  # another process would open its own
+    assert entry.run == run and entry.config_hash == run.config_hash  # same identity
+    assert queue.trial(entry).state == TrialState.RUNNING
+    assert queue.attrs == HANDLE
+    assert run_queue.queued_hash(queue.trial(entry)) == run.config_hash
 
 
-def test_concurrent_workers_claim_each_trial_exactly_once(study, tmp_path):
-    for index in range(12):
-        run_queue.enqueue(study, queued(f"h{index}"))
-    url = run_queue.default_storage_url(tmp_path / "exp")
+def test_concurrent_workers_claim_each_trial_exactly_once(queue, url):
+    runs = [make_run(seed) for seed in range(12)]
+    for run in runs:
+        queue.enqueue(run)
     claimed: list[list[str]] = [[], [], []]
 
     def worker(slot: int) -> None:
-        own = run_queue.load_study(url, "exp")  # its own connection, as a process would have
-        while (trial := run_queue.pop_waiting_trial(own)) is not None:
-            claimed[slot].append(run_queue.queued_hash(run_queue.frozen(own, trial)))
-            own.tell(trial, 1.0)
+        own = RunQueue.open(url, "exp")  # its own connection, as a process would have
+        while (entry := own.pop()) is not None:
+            claimed[slot].append(entry.config_hash)
+            own.finish(entry, 1.0)
 
     threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(3)]
     for thread in threads:
@@ -56,39 +70,85 @@ def test_concurrent_workers_claim_each_trial_exactly_once(study, tmp_path):
     for thread in threads:
         thread.join()
     everything = [h for slot in claimed for h in slot]
-    assert sorted(everything) == sorted(f"h{i}" for i in range(12))  # each once, none lost
-    assert len(study.get_trials()) == 12  # no extra trial from an empty-queue race
+    assert sorted(everything) == sorted(r.config_hash for r in runs)  # each once, none lost
+    trials = queue.study.get_trials()
+    assert len(trials) == 12  # no extra trial from an empty-queue race
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+
+
+def test_finish_completes_with_the_value_or_fails_without_one(queue):
+    queue.enqueue(make_run(0))
+    queue.enqueue(make_run(1))
+    done, failed = queue.pop(), queue.pop()
+    queue.finish(done, 2.5)
+    queue.finish(failed, None)
+    assert (queue.trial(done).state, queue.trial(done).value) == (TrialState.COMPLETE, 2.5)
+    assert queue.trial(failed).state == TrialState.FAIL
 
 
 @pytest.mark.slow
-def test_running_trial_of_a_dead_worker_is_failed_and_leaves_the_pending_set(study):
-    run_queue.enqueue(study, queued("alive"))
-    run_queue.enqueue(study, queued("dead"))
-    alive = run_queue.pop_waiting_trial(study)  # this process: alive
-    dead = run_queue.pop_waiting_trial(study)
+def test_running_trial_of_a_dead_worker_is_failed_and_leaves_the_pending_set(queue):
+    alive_run, dead_run = make_run(0), make_run(1)
+    queue.enqueue(alive_run)
+    queue.enqueue(dead_run)
+    alive = queue.pop()  # this process: alive
+    dead = queue.pop()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    study._storage.set_trial_system_attr(dead._trial_id, run_queue.PID_ATTR, int(gone.stdout))
-    assert run_queue.fail_stale_trials(study) == ["dead"]
-    assert run_queue.pending_hashes(study) == {"alive"}
-    assert run_queue.frozen(study, alive).state == optuna.trial.TrialState.RUNNING
+    queue.storage.set_trial_system_attr(dead.trial_id, run_queue.PID_ATTR, int(gone.stdout))
+    assert queue.fail_stale() == [dead_run.config_hash]
+    assert queue.pending_hashes() == {alive_run.config_hash}
+    assert queue.trial(alive).state == TrialState.RUNNING
+    assert queue.trial(dead).system_attrs[run_queue.STALE_ATTR] is True
+    queue.finish(dead, 1.0)  # the worker was alive after all: its late word changes nothing
+    assert queue.trial(dead).state == TrialState.FAIL
 
 
-def test_silent_trial_of_another_host_is_stale_after_the_grace_period(study):
-    run_queue.enqueue(study, queued("remote"))
-    trial = run_queue.pop_waiting_trial(study)
-    study._storage.set_trial_system_attr(trial._trial_id, run_queue.HOST_ATTR, "elsewhere")
-    frozen = run_queue.frozen(study, trial)
+def test_silent_trial_of_another_host_is_stale_after_the_grace_period(queue):
+    queue.enqueue(make_run())
+    entry = queue.pop()
+    queue.storage.set_trial_system_attr(entry.trial_id, run_queue.HOST_ATTR, "elsewhere")
+    frozen = queue.trial(entry)
     beat = frozen.system_attrs[run_queue.HEARTBEAT_ATTR]
     assert not run_queue.is_stale(frozen, now=beat + 10)
     assert run_queue.is_stale(frozen, now=beat + run_queue.STALE_AFTER_SECONDS + 1)
 
 
-def test_waiting_runs_the_spec_no_longer_plans_leave_the_queue(study):
-    for config_hash in ("kept", "edited_away"):
-        run_queue.enqueue(study, queued(config_hash))
-    assert run_queue.drop_waiting_except(study, {"kept"}) == ["edited_away"]
-    assert run_queue.pending_hashes(study) == {"kept"}
-    trial = run_queue.pop_waiting_trial(study)
-    assert run_queue.queued_hash(run_queue.frozen(study, trial)) == "kept"
-    assert run_queue.pop_waiting_trial(study) is None
+def test_waiting_runs_the_spec_no_longer_plans_leave_the_queue(queue):
+    kept, edited_away = make_run(0), make_run(1)
+    queue.enqueue(kept)
+    queue.enqueue(edited_away)
+    assert queue.drop_waiting_except({kept.config_hash}) == [edited_away.config_hash]
+    assert queue.pending_hashes() == {kept.config_hash}
+    assert queue.pop().run == kept
+    assert queue.pop() is None
+
+
+def test_an_entry_this_rtlab_cannot_read_as_the_same_run_is_failed_and_passed_over(queue):
+    run = make_run()
+    # Queued by another rtlab: an older trial format, and a config whose hash differs here.
+    queue.study.enqueue_trial({"config_hash": "0" * 12}, user_attrs={"run_name": "old-s0"})
+    queue.study.enqueue_trial({}, user_attrs={run_queue.HASH_ATTR: "1" * 12,
+                                              run_queue.RUN_ATTR: run.to_json()})
+    queue.enqueue(run)
+    assert queue.pop().run == run
+    old, skewed, _ = queue.study.get_trials()
+    for trial in (old, skewed):
+        assert trial.state == TrialState.FAIL
+        assert trial.system_attrs[run_queue.UNREADABLE_ATTR] is True
+    assert queue.pop() is None
+
+
+def test_a_missing_study_is_a_key_error(queue, url):
+    with pytest.raises(KeyError):
+        RunQueue.open(url, "no-such-study")
+
+
+def test_queue_is_optuna_public_api_only():
+    """No private Optuna attributes anywhere in rtlab (the adapter says what Optuna lacks)."""
+    root = Path(__file__).resolve().parents[2] / "rtlab"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for private in ("._storage", "._trial_id", "._backend", "._study_id"):
+            assert private not in text, f"{path}: {private}"
+    assert optuna.__version__  # the installed Optuna is the one the suite ran against

@@ -1,0 +1,76 @@
+"""What the run queue needs from Optuna beyond its public API, in one place, and why.
+
+Everything here calls public API only (`optuna.storages.BaseStorage` methods); what it adds is
+behaviour Optuna does not offer:
+
+1. Popping the queue without creating a trial. `Study.ask()` takes a WAITING trial, but when none
+   waits it creates a fresh, parameterless one. A worker must find an empty queue empty: between
+   listing and claiming, other workers may take every trial, and the loser simply moves on. So
+   `claim_waiting` claims a WAITING trial itself, as `ask()` does inside: the storage moves a
+   trial to RUNNING only if it is still WAITING (`set_trial_state_values` returns False, or
+   raises `UpdateFinishedTrialError`, for the loser).
+2. Claims on SQLite. That check is read-then-write in one transaction, made atomic by
+   `SELECT ... FOR UPDATE` on PostgreSQL and MySQL; SQLite ignores it, so two processes can
+   both read WAITING and both claim the same trial. `claim_lock` serialises claims (and other
+   read-then-write changes of trial states) on a SQLite storage with an fcntl lock next to the
+   database file: SQLite storages are local, so every claimant is on this machine.
+3. Trial ids. The storage's per-trial methods take a trial id, which `FrozenTrial` keeps private
+   (`_trial_id`); `trial_id` maps the public trial number to it through the storage.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite storage URL, None for any other storage."""
+    return Path(url[len(SQLITE_PREFIX) :]) if url.startswith(SQLITE_PREFIX) else None
+
+
+@contextmanager
+def claim_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock for read-then-write changes of trial states (SQLite only)."""
+    database = sqlite_path(url)
+    if database is None:
+        yield
+        return
+    with open(f"{database}.claim.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def trial_id(storage: BaseStorage, study_id: int, trial: FrozenTrial | int) -> int:
+    """The storage id of a trial, given the trial or its number."""
+    number = trial if isinstance(trial, int) else trial.number
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def set_state(storage: BaseStorage, trial: int, state: TrialState) -> bool:
+    """Move trial `trial` (an id) to `state`; False if another process changed it first (for
+    RUNNING: the trial was no longer WAITING; for any state: it had finished already)."""
+    try:
+        return storage.set_trial_state_values(trial, state=state)
+    except UpdateFinishedTrialError:
+        return False
+
+
+def claim_waiting(storage: BaseStorage, study_id: int, url: str) -> FrozenTrial | None:
+    """Move one WAITING trial to RUNNING and return it (as it was), or None when none waits."""
+    with claim_lock(url):
+        for waiting in storage.get_all_trials(study_id, states=(TrialState.WAITING,)):
+            if set_state(storage, trial_id(storage, study_id, waiting), TrialState.RUNNING):
+                return waiting
+    return None

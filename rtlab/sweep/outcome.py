@@ -1,0 +1,41 @@
+"""How one run of a sweep ended: a typed value that workers return (or, from a worker process,
+send over the event queue: it pickles) and the sweep summary collects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# FINISHED: trained to the end and logged. FAILED: diverged or raised (see failure_reason).
+# KILLED: stopped on request; its checkpoint is kept and the next sweep resumes it.
+# SKIPPED: already FINISHED in MLflow (another sweep got there first); not run again.
+RunStatus = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED"]
+
+
+@dataclass(frozen=True)
+class RunTimings:
+    """Where a run's time went, in seconds."""
+
+    train_wall: float = 0.0  # the train() call, start to return (0 when it raised)
+    steps: float = 0.0  # inside optimizer steps
+    eval: float = 0.0  # evaluations
+    tracking: float = 0.0  # MLflow work outside train(): opening, artifacts, ending the run
+
+    @property
+    def train_other(self) -> float:
+        """Inside train() but outside steps and eval: setup, checkpoints, the sample."""
+        return self.train_wall - self.steps - self.eval
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_name: str
+    config_hash: str
+    arm: str
+    seed: int
+    status: RunStatus
+    final_val_loss: float | None = None  # FINISHED (and SKIPPED) runs
+    failure_reason: str | None = None  # FAILED runs
+    run_id: str | None = None  # the MLflow run
+    worker: int = 0  # index of the worker that ran it
+    timings: RunTimings = field(default_factory=RunTimings)

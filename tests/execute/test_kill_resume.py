@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,16 +25,17 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from rtlab.data import load_dataset
+from rtlab.config import RunConfig
 from rtlab.execute import train
 
-config, corpus, data_dir, run_dir = json.loads(sys.argv[1]), *sys.argv[2:5]
+config, corpus, data_dir, run_dir = RunConfig.from_json(sys.argv[1]), *sys.argv[2:5]
 dataset = load_dataset("text", {"path": corpus, "tokenizer": "char"}, data_dir=Path(data_dir))
 
 def kill_at_step_13(step, metrics):
     if step == 13:
         os.kill(os.getpid(), signal.SIGKILL)
 
-train(config, 3, Path(run_dir), dataset, on_metrics=kill_at_step_13)
+train(config, Path(run_dir), dataset, on_metrics=kill_at_step_13)
 """
 
 
@@ -43,11 +43,11 @@ train(config, 3, Path(run_dir), dataset, on_metrics=kill_at_step_13)
 def test_sigkilled_run_resumes_bit_identical(
     text_dataset: Dataset, text_corpus: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    config = make_config({"dropout": 0.1}, grad_accum=2, max_iters=20, checkpoint_interval=5,
-                         log_interval=1)
+    config = make_config({"dropout": 0.1}, seed=3, grad_accum=2, max_iters=20,
+                         checkpoint_interval=5, log_interval=1)
     corpus, data_dir = text_corpus
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(config), str(corpus), str(data_dir),
+        [sys.executable, "-c", CHILD, config.to_json(), str(corpus), str(data_dir),
          str(tmp_path / "killed")],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -57,8 +57,8 @@ def test_sigkilled_run_resumes_bit_identical(
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [CHECKPOINT_NAME]
 
     torch.set_num_threads(1)
-    resumed = train(config, 3, tmp_path / "killed", text_dataset)
-    uninterrupted = train(config, 3, tmp_path / "whole", text_dataset)
+    resumed = train(config, tmp_path / "killed", text_dataset)
+    uninterrupted = train(config, tmp_path / "whole", text_dataset)
     assert resumed.resumed_from_step == 10
     assert resumed.final_metrics == uninterrupted.final_metrics
     weights_resumed = load_checkpoint(tmp_path / "killed" / CHECKPOINT_NAME)["model"]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from rtlab.config import DATASET_DECIDES, ModelConfig, TrainConfig
 from rtlab.data import Dataset, load_dataset
 from rtlab.execute import (
     CHECKPOINT_NAME,
@@ -24,7 +25,6 @@ from rtlab.execute import (
     train,
 )
 from rtlab.execute.trainer import evaluate, fixed_eval_batches, forward_backward
-from rtlab.spec import TrainConfig
 from tests.helpers.train_config import make_config
 
 TIMING_KEYS = {"tokens_per_sec", "mfu"}  # wall-clock measurements: the only metrics that may differ
@@ -56,7 +56,7 @@ def assert_identical_runs(a: TrainResult, b: TrainResult, dir_a: Path, dir_b: Pa
 
 
 def test_loss_decreases_on_tiny_config(text_dataset: Dataset, tmp_path: Path) -> None:
-    result = train(make_config(max_iters=60, eval_interval=20), seed=0, run_dir=tmp_path,
+    result = train(make_config(max_iters=60, eval_interval=20), run_dir=tmp_path,
                    dataset=text_dataset)
     initial = result.history[0]
     assert initial["step"] == 0
@@ -73,7 +73,7 @@ def test_metrics_reported_at_log_and_eval_steps_with_final_metrics_once(
 ) -> None:
     calls: list[tuple[int, dict[str, float]]] = []
     checkpoints: list[tuple[int, Path]] = []
-    result = train(make_config(), seed=0, run_dir=tmp_path, dataset=text_dataset,
+    result = train(make_config(), run_dir=tmp_path, dataset=text_dataset,
                    on_metrics=lambda step, m: calls.append((step, dict(m))),
                    on_checkpoint=lambda step, path: checkpoints.append((step, path)))
     assert [step for step, _ in calls] == [0, 5, 10, 15, 20]
@@ -85,7 +85,7 @@ def test_metrics_reported_at_log_and_eval_steps_with_final_metrics_once(
     tokens_per_step = 8 * 1 * 16
     assert last["tokens_seen"] == 20 * tokens_per_step
     assert last["flops_seen"] == pytest.approx(result.flops_per_token * 20 * tokens_per_step)
-    assert last["lr"] == pytest.approx(learning_rate_at(19, TrainConfig(**make_config()["train"])))
+    assert last["lr"] == pytest.approx(learning_rate_at(19, make_config().train))
     assert last["tokens_per_sec"] > 0
     assert "mfu" not in last  # no known peak on CPU
     assert checkpoints == [(10, tmp_path / CHECKPOINT_NAME), (20, tmp_path / CHECKPOINT_NAME)]
@@ -96,7 +96,7 @@ def test_callback_time_counts_as_overhead_not_step_time(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
     sleep_s = 0.05
-    result = train(make_config(max_iters=10, sample_tokens=0), seed=0, run_dir=tmp_path,
+    result = train(make_config(max_iters=10, sample_tokens=0), run_dir=tmp_path,
                    dataset=text_dataset, on_metrics=lambda step, m: time.sleep(sleep_s))
     n_calls = len(result.history)  # steps 0, 5, 10
     assert result.overhead_seconds["callbacks"] >= n_calls * sleep_s
@@ -119,8 +119,8 @@ def test_callback_time_counts_as_overhead_not_step_time(
 def test_reasoning_and_myopic_configs_train(
     text_dataset: Dataset, tmp_path: Path, model: dict[str, Any]
 ) -> None:
-    baseline_flops = build_model(make_config()["model"], text_dataset).flops_per_token()
-    result = train(make_config(model), seed=0, run_dir=tmp_path, dataset=text_dataset)
+    baseline_flops = build_model(make_config().model, text_dataset).flops_per_token()
+    result = train(make_config(model), run_dir=tmp_path, dataset=text_dataset)
     assert result.final_metrics["final_val_loss"] < result.history[0]["val_loss"]
     assert isinstance(result.sample, str) and len(result.sample) == 20
     if "reasoning" in model:  # more slots per token: more FLOPs per token
@@ -133,13 +133,14 @@ def test_reasoning_and_myopic_configs_train(
 
 # Dropout draws from the torch RNG and grad_accum > 1 exercises micro-batch indexing: both must
 # continue exactly where the checkpoint left them.
-RESUME_CONFIG = make_config({"dropout": 0.1}, grad_accum=2, max_iters=20, checkpoint_interval=5)
+RESUME_CONFIG = make_config({"dropout": 0.1}, seed=3, grad_accum=2, max_iters=20,
+                            checkpoint_interval=5)
 
 
 def test_resume_after_clean_stop_is_bit_identical(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
-    uninterrupted = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "a", dataset=text_dataset)
+    uninterrupted = train(RESUME_CONFIG, run_dir=tmp_path / "a", dataset=text_dataset)
 
     polls = 0
 
@@ -148,7 +149,7 @@ def test_resume_after_clean_stop_is_bit_identical(
         polls += 1
         return polls > 12
 
-    stopped = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "b", dataset=text_dataset,
+    stopped = train(RESUME_CONFIG, run_dir=tmp_path / "b", dataset=text_dataset,
                     should_stop=stop_after_12_steps)
     assert stopped.status == "stopped" and stopped.steps == 12
     assert stopped.sample is None
@@ -156,7 +157,7 @@ def test_resume_after_clean_stop_is_bit_identical(
     # The stop wrote a checkpoint at step 12 (not only at the interval's step 10).
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 12
 
-    resumed = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "b", dataset=text_dataset)
+    resumed = train(RESUME_CONFIG, run_dir=tmp_path / "b", dataset=text_dataset)
     assert resumed.resumed_from_step == 12
     assert_identical_runs(uninterrupted, resumed, tmp_path / "a", tmp_path / "b")
 
@@ -168,19 +169,19 @@ class Crash(Exception):
 def test_resume_after_crash_is_bit_identical_and_reports_no_step_twice(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
-    uninterrupted = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "a", dataset=text_dataset)
+    uninterrupted = train(RESUME_CONFIG, run_dir=tmp_path / "a", dataset=text_dataset)
 
     def crash_at_step_15(step: int, metrics: dict[str, float]) -> None:
         if step == 15:  # after the checkpoint of step 10; steps 11..15 are lost work
             raise Crash
 
     with pytest.raises(Crash):
-        train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "b", dataset=text_dataset,
+        train(RESUME_CONFIG, run_dir=tmp_path / "b", dataset=text_dataset,
               on_metrics=crash_at_step_15)
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 10
 
     reported: list[int] = []
-    resumed = train(RESUME_CONFIG, seed=3, run_dir=tmp_path / "b", dataset=text_dataset,
+    resumed = train(RESUME_CONFIG, run_dir=tmp_path / "b", dataset=text_dataset,
                     on_metrics=lambda step, m: reported.append(step))
     assert resumed.resumed_from_step == 10
     assert reported == [15, 20]  # steps <= 10 were reported before the checkpoint was written
@@ -190,9 +191,9 @@ def test_resume_after_crash_is_bit_identical_and_reports_no_step_twice(
 def test_rerun_of_finished_run_returns_same_result_without_training(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
-    first = train(make_config(), seed=0, run_dir=tmp_path, dataset=text_dataset)
+    first = train(make_config(), run_dir=tmp_path, dataset=text_dataset)
     reported: list[int] = []
-    again = train(make_config(), seed=0, run_dir=tmp_path, dataset=text_dataset,
+    again = train(make_config(), run_dir=tmp_path, dataset=text_dataset,
                   on_metrics=lambda step, m: reported.append(step))
     assert reported == []
     assert again.resumed_from_step == 20 and again.step_seconds == 0.0
@@ -202,28 +203,28 @@ def test_rerun_of_finished_run_returns_same_result_without_training(
 def test_resume_refuses_checkpoint_of_another_config(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
-    train(make_config(max_iters=10), seed=0, run_dir=tmp_path, dataset=text_dataset,
+    train(make_config(max_iters=10), run_dir=tmp_path, dataset=text_dataset,
           should_stop=lambda: True)
     with pytest.raises(ValueError, match="another config or seed"):
-        train(make_config(max_iters=10, learning_rate=1e-3), seed=0, run_dir=tmp_path,
+        train(make_config(max_iters=10, learning_rate=1e-3), run_dir=tmp_path,
               dataset=text_dataset)
     with pytest.raises(ValueError, match="another config or seed"):
-        train(make_config(max_iters=10), seed=1, run_dir=tmp_path, dataset=text_dataset)
+        train(make_config(max_iters=10, seed=1), run_dir=tmp_path, dataset=text_dataset)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
 def test_checkpoint_loads_with_weights_only(text_dataset: Dataset, tmp_path: Path) -> None:
-    train(make_config(), seed=0, run_dir=tmp_path, dataset=text_dataset)
+    train(make_config(), run_dir=tmp_path, dataset=text_dataset)
     ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert ckpt["step"] == 20
     assert {"model", "optimizer", "rng", "best_val", "history", "model_config"} <= ckpt.keys()
     assert ckpt["best_val"] == min(h["val_loss"] for h in ckpt["history"] if "val_loss" in h)
     assert set(ckpt["rng"]) == {"torch_cpu", "torch_cuda", "numpy", "python"}
     # The checkpoint alone rebuilds the model (what `rtlab sample` needs).
-    model = build_model({k: v for k, v in ckpt["model_config"].items()
-                         if k not in ("vocab_size", "head")}, text_dataset)
+    section = {k: v for k, v in ckpt["model_config"].items() if k not in DATASET_DECIDES}
+    model = build_model(ModelConfig.model_validate(section), text_dataset)
     model.load_state_dict(ckpt["model"])
 
 
@@ -253,7 +254,7 @@ def test_failed_checkpoint_write_leaves_previous_file_intact(tmp_path: Path) -> 
 def test_save_checkpoint_false_keeps_no_final_checkpoint(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
-    result = train(make_config(save_checkpoint=False), seed=0, run_dir=tmp_path,
+    result = train(make_config(save_checkpoint=False), run_dir=tmp_path,
                    dataset=text_dataset)
     assert result.checkpoint_path is None
     assert not (tmp_path / CHECKPOINT_NAME).exists()
@@ -268,7 +269,7 @@ def test_nan_loss_raises_training_diverged_with_reason(
     # An absurd learning rate without clipping blows the weights up to inf after one step.
     config = make_config(learning_rate=1e30, grad_clip=0.0, warmup_iters=0)
     with pytest.raises(TrainingDiverged) as info:
-        train(config, seed=0, run_dir=tmp_path, dataset=text_dataset)
+        train(config, run_dir=tmp_path, dataset=text_dataset)
     error = info.value
     assert error.quantity in ("train loss", "gradient norm")
     assert not math.isfinite(error.value)
@@ -280,7 +281,7 @@ def test_nan_loss_raises_training_diverged_with_reason(
 
 
 def test_grad_accumulation_equals_one_large_batch(text_dataset: Dataset) -> None:
-    model = build_model(make_config()["model"], text_dataset)
+    model = build_model(make_config().model, text_dataset)
     x, y = text_dataset.batch("train", index=0, batch_size=8, block_size=16, seed=0)
 
     def gradients(micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -341,7 +342,7 @@ def test_eval_uses_the_same_fixed_batches_for_every_seed_and_step(
     eval_requests = {}
     for seed in (1, 2):
         dataset = RecordingDataset(text_dataset)
-        train(make_config(sample_tokens=0), seed=seed, run_dir=tmp_path / str(seed),
+        train(make_config(sample_tokens=0, seed=seed), run_dir=tmp_path / str(seed),
               dataset=dataset)
         eval_requests[seed] = [r for r in dataset.requests if r[2] == EVAL_SEED]
         train_requests = [r for r in dataset.requests if r[2] != EVAL_SEED]
@@ -355,7 +356,7 @@ def test_eval_uses_the_same_fixed_batches_for_every_seed_and_step(
 
 
 def test_evaluation_is_deterministic_and_draws_no_randomness(text_dataset: Dataset) -> None:
-    model = build_model(make_config({"dropout": 0.3})["model"], text_dataset)
+    model = build_model(make_config({"dropout": 0.3}).model, text_dataset)
     batches = fixed_eval_batches(text_dataset, "val", eval_iters=2, batch_size=4, block_size=16)
     rng_before = torch.get_rng_state()
     first = evaluate(model, batches, lambda: torch.autocast("cpu", enabled=False))
@@ -372,19 +373,19 @@ def test_head_that_does_not_fit_the_dataset_is_a_clear_error(
     text_dataset: Dataset, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="model.head: 'regression' does not fit dataset"):
-        train(make_config({"head": "regression"}), seed=0, run_dir=tmp_path,
+        train(make_config({"head": "regression"}), run_dir=tmp_path,
               dataset=text_dataset)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
 def test_threads_setting_is_applied(text_dataset: Dataset, tmp_path: Path) -> None:
     config = make_config(max_iters=1, warmup_iters=0, threads=2, sample_tokens=0)
-    train(config, seed=0, run_dir=tmp_path, dataset=text_dataset)
+    train(config, run_dir=tmp_path, dataset=text_dataset)
     assert torch.get_num_threads() == 2
 
 
 def test_bfloat16_autocast_trains(text_dataset: Dataset, tmp_path: Path) -> None:
-    result = train(make_config(dtype="bfloat16"), seed=0, run_dir=tmp_path, dataset=text_dataset)
+    result = train(make_config(dtype="bfloat16"), run_dir=tmp_path, dataset=text_dataset)
     assert result.final_metrics["final_val_loss"] < result.history[0]["val_loss"]
     # Weights stay float32 under autocast (only the matmuls run in bfloat16).
     weights = load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"]
@@ -393,9 +394,9 @@ def test_bfloat16_autocast_trains(text_dataset: Dataset, tmp_path: Path) -> None
 
 def test_regression_task_trains(tmp_path: Path) -> None:
     dataset = load_dataset("precache_synthetic", {"p": 0.5}, data_dir=tmp_path / "data")
-    config = make_config(max_iters=40, eval_interval=20)
-    config["data"] = {"name": "precache_synthetic", "p": 0.5}
-    result = train(config, seed=0, run_dir=tmp_path / "run", dataset=dataset)
+    config = make_config({"head": "regression"}, max_iters=40, eval_interval=20,
+                         data={"name": "precache_synthetic", "p": 0.5})
+    result = train(config, run_dir=tmp_path / "run", dataset=dataset)
     assert result.final_metrics["final_val_loss"] < result.history[0]["val_loss"]
     assert result.sample is None  # no text to sample
     model_config = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["model_config"]

@@ -23,7 +23,7 @@ def test_cuda_bfloat16_run_learns_reports_mfu_and_resumes(
 ) -> None:
     config = make_config({"dropout": 0.1}, device="cuda", dtype="bfloat16", max_iters=40,
                          eval_interval=20, checkpoint_interval=10)
-    whole = train(config, seed=0, run_dir=tmp_path / "whole", dataset=text_dataset)
+    whole = train(config, run_dir=tmp_path / "whole", dataset=text_dataset)
     assert whole.device.startswith("cuda")
     assert whole.final_metrics["final_val_loss"] < whole.history[0]["val_loss"] - 0.5
     if peak_flops(torch.device("cuda")) is not None:
@@ -36,10 +36,10 @@ def test_cuda_bfloat16_run_learns_reports_mfu_and_resumes(
         polls += 1
         return polls > 15
 
-    stopped = train(config, seed=0, run_dir=tmp_path / "split", dataset=text_dataset,
+    stopped = train(config, run_dir=tmp_path / "split", dataset=text_dataset,
                     should_stop=stop_after_15_steps)
     assert stopped.status == "stopped" and stopped.steps == 15
-    resumed = train(config, seed=0, run_dir=tmp_path / "split", dataset=text_dataset)
+    resumed = train(config, run_dir=tmp_path / "split", dataset=text_dataset)
     assert resumed.resumed_from_step == 15 and resumed.steps == 40
     # CUDA kernels (atomics in embedding backward) need not be bit-reproducible: compare closely.
     assert resumed.final_metrics["final_val_loss"] == pytest.approx(

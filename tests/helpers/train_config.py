@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
+from rtlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rtlab.data import Dataset, load_dataset
 
 # A corpus with structure a tiny model can learn within a few dozen steps.
@@ -31,12 +31,21 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
-def make_config(model: dict[str, Any] | None = None, **train: Any) -> dict[str, Any]:
-    """TINY_CONFIG with overrides: model fields by dict, train fields by keyword."""
-    config = copy.deepcopy(TINY_CONFIG)
-    config["model"].update(model or {})
-    config["train"].update(train)
-    return config
+def make_config(
+    model: dict[str, Any] | None = None,
+    seed: int = 0,
+    data: dict[str, Any] | None = None,
+    **train: Any,
+) -> RunConfig:
+    """A RunConfig of TINY_CONFIG with overrides: model fields by dict, train fields by keyword."""
+    return RunConfig(
+        experiment="tiny",
+        arm="tiny",
+        seed=seed,
+        data=DataConfig.model_validate(data or TINY_CONFIG["data"]),
+        model=ModelConfig.model_validate({**TINY_CONFIG["model"], **(model or {})}),
+        train=TrainConfig.model_validate({**TINY_CONFIG["train"], **train}),
+    )
 
 
 def load_text_dataset(corpus: Path, data_dir: Path) -> Dataset:

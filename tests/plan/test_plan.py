@@ -1,4 +1,4 @@
-"""plan_runs and config_hash: one run per arm x grid point x seed, with a stable identity."""
+"""plan_runs and config_hash: one RunConfig per arm x grid point x seed, with a stable identity."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rtlab.plan import RunPlan, config_hash, flatten_config, plan_runs, plan_table, run_name
+from rtlab.config import RunConfig, config_hash
+from rtlab.plan import flatten_config, plan_runs, plan_table
 from rtlab.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,20 +24,23 @@ def test_plan_is_arm_by_grid_point_by_seed_in_file_order():
     spec = load_spec(DEPTH)
     plans = plan_runs(spec)
     assert len(plans) == len(spec.arms) * 8 * len(spec.seeds) == 16
-    assert all(isinstance(p, RunPlan) for p in plans)
+    assert all(isinstance(p, RunConfig) for p in plans)
     assert [(p.grid_point["model.reasoning.n_tokens"], p.seed) for p in plans[:4]] == [
         (0, 0), (0, 1), (0, 0), (0, 1)
     ]
     assert plans[0].run_name == "reasoning-n_tokens=0-delay=1-s0"
     assert plans[-1].run_name == "reasoning-n_tokens=4-delay=2-s1"
     assert len({p.run_name for p in plans}) == len({p.config_hash for p in plans}) == 16
-    assert plans[5].config == spec.resolve("reasoning", plans[5].grid_point)
+    assert plans[5].sections() == spec.resolve("reasoning", plans[5].grid_point).as_dict()
+    assert all(p.experiment == spec.name for p in plans)
 
 
-def test_plans_do_not_share_config_objects():
+def test_planned_runs_are_immutable():
     plans = plan_runs(load_spec(MINI))
-    plans[0].config["train"]["max_iters"] = -1
-    assert plans[1].config["train"]["max_iters"] != -1
+    with pytest.raises(ValueError):
+        plans[0].train = plans[0].train.model_copy(update={"max_iters": 1})  # frozen
+    with pytest.raises(ValueError):
+        plans[0].data.name = "other"
 
 
 @pytest.mark.slow
@@ -91,33 +95,40 @@ def _set(config: dict, dotted: str, value) -> dict:
 
 def test_a_change_in_any_field_seed_or_data_fingerprint_changes_the_hash():
     plan = plan_runs(load_spec(MINI))[0]
-    reference = config_hash(plan.config, plan.seed, "fp")
-    flat = flatten_config(plan.config)
+    sections = plan.sections()
+    reference = config_hash(sections, plan.seed, "fp")
+    assert plan.model_copy(update={"data_fingerprint": "fp"}).config_hash == reference
+    flat = flatten_config(sections)
     assert len(flat) > 30
     for key, value in flat.items():
-        changed = _set(plan.config, key, _perturb(value))
+        changed = _set(sections, key, _perturb(value))
         assert config_hash(changed, plan.seed, "fp") != reference, key
-    assert config_hash(plan.config, plan.seed + 1, "fp") != reference
-    assert config_hash(plan.config, plan.seed, "fq") != reference
-    assert config_hash({**plan.config, "extra": 1}, plan.seed, "fp") != reference
+    assert config_hash(sections, plan.seed + 1, "fp") != reference
+    assert config_hash(sections, plan.seed, "fq") != reference
+    assert config_hash({**sections, "extra": 1}, plan.seed, "fp") != reference
 
 
 def test_data_fingerprint_is_asked_once_per_distinct_data_section_and_enters_the_hash():
     spec = load_spec(MYOPIA)
     calls = []
 
-    def fingerprint(data: dict) -> str:
-        calls.append(dict(data))
-        return f"fp-{data['p']}"
+    def fingerprint(data) -> str:
+        calls.append(data.options)
+        return f"fp-{data.options['p']}"
 
     plans = plan_runs(spec, fingerprint)
     assert sorted(c["p"] for c in calls) == sorted(spec.grid["data.p"])
-    assert all(p.data_fingerprint == f"fp-{p.config['data']['p']}" for p in plans)
+    assert all(p.data_fingerprint == f"fp-{p.data.options['p']}" for p in plans)
     without = {p.run_name: p.config_hash for p in plan_runs(spec)}
     assert all(without[p.run_name] != p.config_hash for p in plans)
 
 
 def test_run_names_shorten_grid_keys_unless_ambiguous():
+    run = plan_runs(load_spec(MINI))[0]
+
+    def run_name(arm, grid_point, seed):
+        return run.model_copy(update={"arm": arm, "grid_point": grid_point, "seed": seed}).run_name
+
     assert run_name("base", {}, 3) == "base-s3"
     assert run_name("a", {"model.n_layer": 2, "train.learning_rate": 0.001}, 0) == (
         "a-n_layer=2-learning_rate=0.001-s0"

@@ -163,5 +163,5 @@ def test_every_shipped_experiment_is_pinned():
 def test_run_hashes_with_data_fingerprints_do_not_change(name):
     from rtlab.sweep.runner import prepare_experiment  # prepares the data (cached after once)
 
-    runs = prepare_experiment(EXPERIMENTS / name).plans
+    runs = prepare_experiment(EXPERIMENTS / name).runs
     assert {run.run_name: run.config_hash for run in runs} == RUN_HASHES[name]

@@ -33,7 +33,7 @@ def test_mini_sweep_is_the_readme_job_on_cpu():
     spec = load_spec(EXPERIMENTS / "mini_sweep.yaml")
     assert spec.arms == ["baseline", "reasoning_1", "reasoning_2", "myopic"]
     assert len(spec.seeds) >= 2
-    configs = {arm: spec.resolve(arm) for arm in spec.arms}
+    configs = {arm: spec.resolve(arm).as_dict() for arm in spec.arms}
     assert all(c["train"]["device"] == "cpu" for c in configs.values())
     assert all(c["data"]["name"] == "shakespeare_char" for c in configs.values())
     assert configs["reasoning_2"]["model"]["reasoning"]["n_tokens"] == 2
@@ -42,7 +42,7 @@ def test_mini_sweep_is_the_readme_job_on_cpu():
 
 def test_seed_shakespeare_char_is_nanogpts_setting():
     spec = load_spec(EXPERIMENTS / "seed_shakespeare_char.yaml")
-    config = spec.resolve("baseline")
+    config = spec.resolve("baseline").as_dict()
     model, train = config["model"], config["train"]
     assert (model["n_layer"], model["n_embd"], model["n_head"], model["block_size"]) == (
         6, 384, 6, 256
@@ -62,4 +62,4 @@ def test_reasoning_depth_and_myopia_grids():
     myopia = load_spec(EXPERIMENTS / "myopia_synthetic.yaml")
     assert myopia.arms == ["baseline", "myopic_strict", "myopic_paper"]
     assert len(myopia.grid["data.p"]) >= 2
-    assert myopia.resolve("myopic_paper", {"data.p": 0.25})["model"]["head"] == "regression"
+    assert myopia.resolve("myopic_paper", {"data.p": 0.25}).model.head == "regression"

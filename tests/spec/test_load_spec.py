@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from rtlab.model import GPTConfig
-from rtlab.spec import ExperimentSpec, SpecError, TrainConfig, load_spec, parse_spec
+from rtlab.config import DataConfig, GPTConfig, ModelConfig, TrainConfig
+from rtlab.spec import ExperimentSpec, SpecError, load_spec, parse_spec
 
 HERE = Path(__file__).parent
 VALID = HERE / "valid_minimal.yaml"
@@ -32,7 +31,7 @@ def test_valid_spec_loads_with_its_parts():
 
 
 def test_resolved_config_fills_every_default():
-    config = load_spec(VALID).resolve("baseline")
+    config = load_spec(VALID).resolve("baseline").as_dict()
     assert set(config) == {"data", "model", "train"}
     assert config["data"] == {"name": "shakespeare_char", "size": "tiny"}  # dataset default added
     train = config["train"]
@@ -44,10 +43,16 @@ def test_resolved_config_fills_every_default():
     }
 
 
+def test_resolve_gives_the_typed_sections():
+    sections = load_spec(VALID).resolve("reasoning_1")
+    assert isinstance(sections.data, DataConfig) and sections.data.name == "shakespeare_char"
+    assert isinstance(sections.model, ModelConfig) and sections.model.reasoning.n_tokens == 1
+    assert isinstance(sections.train, TrainConfig) and sections.train.max_iters == 10
+
+
 def test_model_section_is_exactly_gptconfig_minus_what_the_dataset_decides():
-    config = load_spec(VALID).resolve("baseline")
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    assert set(config["model"]) == fields - {"vocab_size", "n_features"}
+    config = load_spec(VALID).resolve("baseline").as_dict()
+    assert set(config["model"]) == set(GPTConfig.model_fields) - {"vocab_size", "n_features"}
     # ...so the trainer can build the model from it once the dataset adds the vocabulary.
     model = GPTConfig.from_dict({**config["model"], "vocab_size": 65})
     assert model.n_layer == 1 and model.n_embd == 16
@@ -55,18 +60,18 @@ def test_model_section_is_exactly_gptconfig_minus_what_the_dataset_decides():
 
 def test_every_gptconfig_field_can_be_set_from_the_spec():
     defaults = GPTConfig()
-    for f in dataclasses.fields(GPTConfig):
-        if f.name in ("vocab_size", "n_features", "reasoning", "n_head", "n_embd"):
+    for name in GPTConfig.model_fields:
+        if name in ("vocab_size", "n_features", "reasoning", "n_head", "n_embd"):
             continue
-        value = getattr(defaults, f.name)
+        value = getattr(defaults, name)
         value = str(value).lower() if isinstance(value, bool) else value
-        spec = load_spec(VALID, [f"base.model.{f.name}={value}"])
-        assert spec.resolve("baseline")["model"][f.name] == getattr(defaults, f.name)
+        spec = load_spec(VALID, [f"base.model.{name}={value}"])
+        assert spec.resolve("baseline").as_dict()["model"][name] == getattr(defaults, name)
 
 
 def test_arm_override_merges_into_base_deeply():
     spec = load_spec(VALID, ["base.model.reasoning.delay=2"])
-    base, arm = spec.resolve("baseline"), spec.resolve("reasoning_1")
+    base, arm = spec.resolve("baseline").as_dict(), spec.resolve("reasoning_1").as_dict()
     assert arm["model"]["reasoning"] == {**base["model"]["reasoning"], "n_tokens": 1}
     assert arm["model"]["reasoning"]["delay"] == 2  # kept from base, not reset by the override
     assert {k: v for k, v in arm["model"].items() if k != "reasoning"} == {
@@ -81,7 +86,7 @@ def test_yaml_1_1_pitfalls_read_as_written():
         "    eval_iters: 1\n": "    eval_iters: 1\n    learning_rate: 3e-4\n",
     })
     spec = parse_spec(text, "x.yaml")
-    config = spec.resolve("baseline")
+    config = spec.resolve("baseline").as_dict()
     assert config["model"]["myopic"] == "off"
     assert config["train"]["learning_rate"] == 3e-4
 
@@ -97,7 +102,7 @@ def test_overrides_apply_in_order_and_can_add_arms_and_grids():
     assert spec.seeds == [3]
     assert spec.arms == ["baseline", "reasoning_1", "myopic"]
     assert spec.grid == {"train.learning_rate": [1e-3, 2e-3]}
-    assert spec.resolve("myopic", {"train.learning_rate": 2e-3})["train"]["max_iters"] == 30
+    assert spec.resolve("myopic", {"train.learning_rate": 2e-3}).train.max_iters == 30
     assert spec.overrides[0] == "base.train.max_iters=20"
 
 
@@ -108,7 +113,7 @@ def test_grid_points_are_the_cartesian_product_in_file_order():
     assert len(points) == 6
     assert points[0] == {"model.n_layer": 1, "train.learning_rate": 0.001}
     assert points[-1] == {"model.n_layer": 2, "train.learning_rate": 0.003}
-    assert spec.resolve("reasoning_1", points[-1])["model"]["n_layer"] == 2
+    assert spec.resolve("reasoning_1", points[-1]).as_dict()["model"]["n_layer"] == 2
 
 
 def test_error_lines_have_the_documented_format():
@@ -172,11 +177,11 @@ def test_an_arm_or_grid_naming_another_dataset_does_not_inherit_base_options():
         "    model:\n      head: regression\n"
     )
     spec = parse_spec(spec_text(extra), "d.yaml")
-    assert spec.resolve("baseline")["data"] == {"name": "shakespeare_char", "size": "tiny"}
-    assert spec.resolve("synthetic")["data"] == {"name": "precache_synthetic", "p": 0.5}
+    assert spec.resolve("baseline").data == DataConfig(name="shakespeare_char", size="tiny")
+    assert spec.resolve("synthetic").as_dict()["data"] == {"name": "precache_synthetic", "p": 0.5}
     grid = "grid.data.name=[shakespeare_char, shakespeare]"
     spec = load_spec(VALID, ["base.data.size=tiny", grid])
-    assert spec.resolve("baseline", {"data.name": "shakespeare"})["data"] == {
+    assert spec.resolve("baseline", {"data.name": "shakespeare"}).as_dict()["data"] == {
         "name": "shakespeare", "size": "full"
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rtlab.spec import TrainConfig
+from rtlab.config import TrainConfig
 
 
 def test_derived_defaults_follow_the_values_they_derive_from():

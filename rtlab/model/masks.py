@@ -2,8 +2,9 @@
 want it: a dense boolean (P, P) mask for SDPA, or a FlexAttention BlockMask.
 
 One rule, `reasoning_visibility`, builds both. Block masks are cached per (slots, n_tokens, delay,
-device) for the whole process; the dense mask is cached per model (see DenseMaskSDPA in
-attention.py), since tests swap it for a broken one to check that the audit notices.
+device) for the whole process; the dense mask is cached per model and device
+(GPT._dense_mask_cache, filled by DenseMaskSDPA in attention.py), built once for block_size
+timesteps and sliced to each length.
 """
 
 from __future__ import annotations

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "report"))
-
-from fake_store import FakeRun, log_experiment  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the repo root: tests.helpers is a package
 
 from rtlab.report import build_report  # noqa: E402
+from tests.helpers.fake_store import FakeRun, log_experiment  # noqa: E402
 
 ARMS = {"baseline": (0, "off", 2.10), "reasoning_1": (1, "off", 2.05),
         "reasoning_2": (2, "off", 2.07), "myopic": (0, "strict", 2.30)}

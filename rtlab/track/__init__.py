@@ -1,12 +1,20 @@
 """MLflow tracking: the store, one parent run per experiment, child runs, batched metrics.
 
-The MLflow schema written here is the one in docs/ARCHITECTURE.md ("MLflow schema");
-`rtlab.report` reads it back.
+The MLflow schema written here is the one in docs/ARCHITECTURE.md ("MLflow schema"); readers
+(report, reproduce, status, sample) get it back as typed records from `rtlab.track.records`.
 """
 
 from rtlab.track.logger import MetricLogger
 from rtlab.track.names import HASH_TAG, ROLE_TAG
 from rtlab.track.provenance import provenance_tags
+from rtlab.track.records import (
+    ExperimentRecord,
+    RunLookupError,
+    RunRecord,
+    find_run,
+    read_experiment,
+    read_runs_by_hash,
+)
 from rtlab.track.run import ChildRun, config_params, last_logged_steps, write_metrics_csv
 from rtlab.track.store import (
     ChildState,
@@ -30,16 +38,22 @@ __all__ = [
     "ChildRun",
     "ChildState",
     "ExperimentHandle",
+    "ExperimentRecord",
     "MetricLogger",
+    "RunLookupError",
+    "RunRecord",
     "config_params",
     "delete_children",
     "find_child",
     "finish_parent",
+    "find_run",
     "finished_hashes",
     "kill_running_children",
     "last_logged_steps",
     "provenance_tags",
+    "read_experiment",
     "read_experiment_runs",
+    "read_runs_by_hash",
     "resolve_tracking_uri",
     "runs_by_hash",
     "setup_experiment",

@@ -48,3 +48,9 @@ CONFIG_ARTIFACT = "config.yaml"  # child: the resolved {data, model, train}
 METRICS_ARTIFACT = "metrics.csv"
 SAMPLE_ARTIFACT = "sample.txt"
 CHECKPOINT_DIR = "checkpoint"
+
+# Read back by the report, status and reproduce
+BATCH_LOSS, TOKENS_SEEN, FLOPS_SEEN = "batch_loss", "tokens_seen", "flops_seen"
+TOKENS_PER_SEC, MFU = "tokens_per_sec", "mfu"
+OVERRIDES_TAG = "rtlab.overrides"  # parent: JSON list of the `--set` overrides `rtlab run` applied
+REPORT_DIR = "report"  # parent: the report `rtlab report` wrote

@@ -21,18 +21,19 @@ from rich.progress import (
 )
 
 from rtlab.sweep.outcome import RunOutcome
+from rtlab.track.names import BATCH_LOSS, TOKENS_PER_SEC, VAL_LOSS
 
 Event = dict[str, Any]
 
 
 def _loss_text(metrics: dict[str, float]) -> str:
     parts = []
-    if "batch_loss" in metrics:
-        parts.append(f"loss {metrics['batch_loss']:.4f}")
-    if "val_loss" in metrics:
-        parts.append(f"val {metrics['val_loss']:.4f}")
-    if "tokens_per_sec" in metrics:
-        parts.append(f"{metrics['tokens_per_sec']:,.0f} tok/s")
+    if BATCH_LOSS in metrics:
+        parts.append(f"loss {metrics[BATCH_LOSS]:.4f}")
+    if VAL_LOSS in metrics:
+        parts.append(f"val {metrics[VAL_LOSS]:.4f}")
+    if TOKENS_PER_SEC in metrics:
+        parts.append(f"{metrics[TOKENS_PER_SEC]:,.0f} tok/s")
     return " · ".join(parts)
 
 

@@ -245,7 +245,7 @@ def open_stores(spec: ExperimentSpec, options: SweepOptions) -> Stores:
     handle = setup_experiment(
         spec.name, resolve_tracking_uri(options.tracking_uri), spec.description or ""
     )
-    start_parent(handle, spec.path, spec.text)
+    start_parent(handle, spec.path, spec.text, spec.overrides)
     state_dir = experiment_state_dir(spec.name, options.state_root)
     url = options.storage_url or default_storage_url(state_dir)
     queue = RunQueue.create(url, spec.name, dataclasses.asdict(handle))

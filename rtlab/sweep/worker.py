@@ -24,7 +24,7 @@ from rtlab.config import DataConfig, RunConfig, canonical_json
 from rtlab.sweep.outcome import RunOutcome, RunStatus, RunTimings
 from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue
 from rtlab.track import ChildRun, ChildState, ExperimentHandle, find_child
-from rtlab.track.names import FINAL_VAL_LOSS, TRAIN_LOSS, VAL_LOSS
+from rtlab.track.names import BATCH_LOSS, FINAL_VAL_LOSS, TOKENS_PER_SEC, TRAIN_LOSS, VAL_LOSS
 
 Event = dict[str, Any]  # progress for the display: start, step, worker_done, worker_error
 Message = Event | RunOutcome
@@ -33,7 +33,7 @@ ShouldStop = Callable[[], bool]
 
 # Progress events carry at most this many step updates per second per worker.
 STEP_EVENTS_PER_SECOND = 4.0
-DISPLAY_METRICS = ("batch_loss", TRAIN_LOSS, VAL_LOSS, "tokens_per_sec")
+DISPLAY_METRICS = (BATCH_LOSS, TRAIN_LOSS, VAL_LOSS, TOKENS_PER_SEC)
 
 
 @dataclass(frozen=True)

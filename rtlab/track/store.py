@@ -7,9 +7,10 @@ the functions here and `rtlab.track.run`, which take and return rtlab types and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -22,6 +23,7 @@ from rtlab.track.names import (
     FINAL_VAL_LOSS,
     HASH_TAG,
     NOTE_TAG,
+    OVERRIDES_TAG,
     PARENT,
     ROLE_TAG,
     SPEC_ARTIFACT,
@@ -191,14 +193,19 @@ def read_experiment_runs(name: str, tracking_uri: str) -> dict[str, Run]:
 
 
 def start_parent(
-    handle: ExperimentHandle, spec_path: Path | None = None, spec_text: str | None = None
+    handle: ExperimentHandle,
+    spec_path: Path | None = None,
+    spec_text: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> None:
-    """Mark the parent run RUNNING (a rerun reopens it) and record the spec it runs."""
+    """Mark the parent run RUNNING (a rerun reopens it) and record the spec it runs: the file,
+    its text, and the `--set` overrides applied to it."""
     client = MlflowClient(handle.tracking_uri)
     if client.get_run(handle.parent_run_id).info.status != "RUNNING":
         client.update_run(handle.parent_run_id, status="RUNNING")
     if spec_path is not None:
         client.set_tag(handle.parent_run_id, SPEC_PATH_TAG, str(spec_path))
+    client.set_tag(handle.parent_run_id, OVERRIDES_TAG, json.dumps(list(overrides)))
     if spec_text:
         client.log_text(handle.parent_run_id, spec_text, SPEC_ARTIFACT)
 

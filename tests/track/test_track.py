@@ -136,11 +136,12 @@ def test_config_params_use_dotted_keys_and_json_lists():
 def test_parent_records_its_spec_and_reopens_on_a_rerun(store, tmp_path):
     handle = setup_experiment("exp", store)
     finish_parent(handle, "KILLED")
-    start_parent(handle, tmp_path / "exp.yaml", "name: exp\n")
+    start_parent(handle, tmp_path / "exp.yaml", "name: exp\n", ("seeds=[0]",))
     client = MlflowClient(store)
     parent = client.get_run(handle.parent_run_id)
     assert parent.info.status == "RUNNING"
     assert parent.data.tags["rtlab.spec_path"] == str(tmp_path / "exp.yaml")
+    assert parent.data.tags["rtlab.overrides"] == '["seeds=[0]"]'
     assert [a.path for a in client.list_artifacts(handle.parent_run_id)] == ["spec.yaml"]
 
 

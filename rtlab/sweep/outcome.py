@@ -1,10 +1,11 @@
-"""How one run of a sweep ended: a typed value that workers return (or, from a worker process,
-send over the event queue: it pickles) and the sweep summary collects."""
+"""What workers emit: progress events for the display, and how each run ended (`RunOutcome`: a
+typed value that workers return or, from a worker process, send over the message queue (it
+pickles), and that the sweep summary collects)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 # FINISHED: trained to the end and logged. FAILED: diverged or raised (see failure_reason).
 # KILLED: stopped on request; its checkpoint is kept and the next sweep resumes it.
@@ -39,3 +40,7 @@ class RunOutcome:
     run_id: str | None = None  # the MLflow run
     worker: int = 0  # index of the worker that ran it
     timings: RunTimings = field(default_factory=RunTimings)
+
+
+Event = dict[str, Any]  # progress for the display: start, step, worker_done, worker_error
+Message = Event | RunOutcome

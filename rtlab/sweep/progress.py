@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -20,10 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from rtlab.sweep.outcome import RunOutcome
+from rtlab.sweep.outcome import Event, Message, RunOutcome
 from rtlab.track.names import BATCH_LOSS, TOKENS_PER_SEC, VAL_LOSS
-
-Event = dict[str, Any]
 
 
 def _loss_text(metrics: dict[str, float]) -> str:
@@ -80,7 +77,7 @@ class SweepDisplay:
         print(f"[{elapsed:7.1f}s] {message}", file=sys.stdout, flush=True)
 
     # ---- what workers emit
-    def handle(self, message: Event | RunOutcome) -> None:
+    def handle(self, message: Message) -> None:
         if isinstance(message, RunOutcome):
             self._ended(message)
             return

@@ -18,16 +18,18 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtlab.config import DataConfig, RunConfig, canonical_json
-from rtlab.sweep.outcome import RunOutcome, RunStatus, RunTimings
+from rtlab.sweep.outcome import Message, RunOutcome, RunStatus, RunTimings
 from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue
 from rtlab.track import ChildRun, ChildState, ExperimentHandle, find_child
 from rtlab.track.names import BATCH_LOSS, FINAL_VAL_LOSS, TOKENS_PER_SEC, TRAIN_LOSS, VAL_LOSS
 
-Event = dict[str, Any]  # progress for the display: start, step, worker_done, worker_error
-Message = Event | RunOutcome
+if TYPE_CHECKING:
+    from rtlab.data import Dataset
+    from rtlab.execute import TrainResult
+
 Emit = Callable[[Message], None]
 ShouldStop = Callable[[], bool]
 
@@ -199,7 +201,7 @@ class _Trained:
 
     status: RunStatus
     failure_reason: str | None = None
-    result: Any = None  # rtlab.execute.TrainResult, when train() returned
+    result: TrainResult | None = None  # when train() returned
     tracking_seconds: float = 0.0  # logging the finished run's artifacts
 
     def timings(self, other_tracking_seconds: float) -> RunTimings:
@@ -268,9 +270,9 @@ class _DatasetCache:
     """Each worker loads a dataset once, whatever the number of runs using it."""
 
     def __init__(self) -> None:
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, Dataset] = {}
 
-    def get(self, data: DataConfig) -> Any:
+    def get(self, data: DataConfig) -> Dataset:
         from rtlab.data import load_data_section
 
         key = canonical_json(data.model_dump())

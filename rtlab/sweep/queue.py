@@ -74,6 +74,11 @@ def load_study(url: str, name: str) -> optuna.Study:
     return RunQueue.open(url, name).study
 
 
+def waiting_hashes(url: str, name: str) -> set[str]:
+    """Config hashes WAITING in a study's queue (raises KeyError when there is no such study)."""
+    return RunQueue.open(url, name).hashes(TrialState.WAITING)
+
+
 def queued_hash(trial: FrozenTrial) -> str | None:
     """The config hash a trial carries (None: not an rtlab queue entry)."""
     return trial.user_attrs.get(HASH_ATTR)

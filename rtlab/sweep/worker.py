@@ -79,6 +79,9 @@ def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> lis
 
 
 class Worker:
+    """One worker's loop over the queue: what it holds (the queue, the MLflow handle, loaded
+    datasets) and the steps of a run: skip a finished one, or open, train, end."""
+
     def __init__(self, config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> None:
         self.config = config
         self.emit = emit

@@ -120,8 +120,10 @@ def test_waiting_runs_the_spec_no_longer_plans_leave_the_queue(queue):
     queue.enqueue(edited_away)
     assert queue.drop_waiting_except({kept.config_hash}) == [edited_away.config_hash]
     assert queue.pending_hashes() == {kept.config_hash}
+    assert run_queue.waiting_hashes(queue.url, "exp") == {kept.config_hash}
     assert queue.pop().run == kept
     assert queue.pop() is None
+    assert run_queue.waiting_hashes(queue.url, "exp") == set()
 
 
 def test_an_entry_this_rtlab_cannot_read_as_the_same_run_is_failed_and_passed_over(queue):

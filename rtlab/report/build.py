@@ -6,7 +6,6 @@ failure never leaves a half-written report behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -15,7 +14,6 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -39,7 +37,19 @@ from rtlab.report.tables import (
     summary_frame,
     summary_markdown_rows,
 )
+from rtlab.track.names import (
+    BEST_VAL_LOSS,
+    FINAL_TRAIN_LOSS,
+    FINAL_VAL_LOSS,
+    FLOPS_SEEN,
+    REPORT_DIR,
+    SPEC_ARTIFACT,
+    TOKENS_SEEN,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
 from rtlab.track.provenance import git_state
+from rtlab.track.records import artifact_files, log_directory, read_text_artifact, run_config
 
 
 @dataclass
@@ -103,49 +113,27 @@ def load_spec_info(spec_path: Path) -> SpecInfo:
     return _spec_info_from(spec, str(spec_path), text)
 
 
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """MLflow draws a download progress bar on stderr; one small file does not need it."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def _spec_from_parent(data: ExperimentData) -> SpecInfo | None:
     """The spec YAML `rtlab run` logged on the parent run (spec.yaml), read as plain YAML."""
-    if data.parent_run is None:
+    parent = data.parent_run
+    if parent is None:
         return None
-    from mlflow import MlflowClient
-    from mlflow.artifacts import download_artifacts
-
     try:
-        client = MlflowClient(tracking_uri=data.tracking_uri)
-        names = [a.path for a in client.list_artifacts(data.parent_run.info.run_id)
-                 if not a.is_dir and a.path.endswith((".yaml", ".yml"))]
+        names = [name for name in artifact_files(data.tracking_uri, parent.run_id)
+                 if name.endswith((".yaml", ".yml"))]
         if not names:
             return None
-        chosen = "spec.yaml" if "spec.yaml" in names else sorted(names)[0]
-        label = data.parent_run.data.tags.get("rtlab.spec_path")  # the file `rtlab run` read
-        origin = f"the parent run's artifact {chosen}" + (f" (logged from {label})" if label
-                                                           else "")
-        with tempfile.TemporaryDirectory() as scratch, _no_progress_bar():
-            local = download_artifacts(run_id=data.parent_run.info.run_id, artifact_path=chosen,
-                                       dst_path=scratch, tracking_uri=data.tracking_uri)
-            text = Path(local).read_text()
-        raw = yaml.safe_load(text)
+        chosen = SPEC_ARTIFACT if SPEC_ARTIFACT in names else sorted(names)[0]
+        text = read_text_artifact(data.tracking_uri, parent.run_id, chosen)
+        raw = yaml.safe_load(text) if text is not None else None
     except Exception:  # noqa: BLE001 - the spec text is a nicety here, never a reason to fail
         return None
     if not isinstance(raw, dict):
         return None
+    label = parent.spec_path  # the file `rtlab run` read
     info = _spec_info_from(raw, label, text)
-    info.origin = origin
+    info.origin = f"the parent run's artifact {chosen}" + (f" (logged from {label})" if label
+                                                             else "")
     info.claims = [_claim_with_defaults(claim) for claim in info.claims]
     return info
 
@@ -282,6 +270,20 @@ def _findings(summary: pd.DataFrame, matched: pd.DataFrame, baseline: str | None
     return lines
 
 
+@dataclass
+class Analysis:
+    """The numbers a report shows, computed from the loaded runs."""
+
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    arms: list[str]
+    baseline: str | None
+    has_grid: bool
+    summary: pd.DataFrame
+    matched: pd.DataFrame
+    verdicts: list[ClaimVerdict]
+
+
 def build_report(
     experiment: str | None,
     tracking_uri: str | None,
@@ -309,67 +311,15 @@ def build_report(
     messages = list(data.messages)
     if spec is not None and spec.name and spec.name != experiment:
         messages.append(f"the spec is named {spec.name!r} but the report is of {experiment!r}.")
-    runs, history = data.runs, data.history
-    arms = order_arms(runs, spec, messages)
-    baseline = choose_baseline(runs, arms, spec, baseline_arm)
-    has_grid = bool((runs["grid_label"] != "").any())
-    if history.empty:
-        messages.append("no metric history was logged by any run: curves are empty.")
-    else:
-        for metric in ("train_loss", "val_loss"):
-            if metric not in set(history["metric"]):
-                messages.append(f"no run logged {metric}: its curves and gap are empty.")
-
     mark = time.perf_counter()
-    summary = summary_frame(runs, arms, baseline)
-    matched = matched_compute_frame(runs, history, arms, baseline)
-    verdicts = check_claims(spec.claims if spec else [], runs, baseline)
+    analysis = analyse(data, spec, baseline_arm, messages)
     seconds["stats"] = time.perf_counter() - mark
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    safe_name = experiment.replace(os.sep, "_").replace("/", "_")
-    final_dir = out_dir / safe_name
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{safe_name}.partial-", dir=out_dir))
-    work_dir.chmod(0o755)  # mkdtemp's 0700 would make the published folder private
-    try:
-        (work_dir / "tables").mkdir()
-        mark = time.perf_counter()
-        figures = FigureMaker(runs, history, arms, baseline, work_dir).all()
-        seconds["figures"] = time.perf_counter() - mark
-
-        mark = time.perf_counter()
-        tables = _write_tables(work_dir, runs, summary, matched, verdicts)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = _manifest(data, spec, created, seconds)
-        blocks = _document(data, spec, runs, summary, matched, verdicts, figures, messages,
-                           arms, baseline, has_grid, manifest)
-        (work_dir / "report.md").write_text(doc.to_markdown(blocks))
-        (work_dir / "report.html").write_text(doc.to_html(blocks, f"rtlab report: {experiment}"))
-        seconds["render"] = time.perf_counter() - mark
-        seconds["total_before_logging"] = time.perf_counter() - started
-        manifest["generation_seconds"] = round(seconds["total_before_logging"], 3)
-        (work_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(work_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-
-    logged_to = None
-    if log_to_mlflow and data.parent_run is not None:
-        mark = time.perf_counter()
-        from mlflow import MlflowClient
-
-        try:
-            MlflowClient(tracking_uri=data.tracking_uri).log_artifacts(
-                data.parent_run.info.run_id, str(final_dir), artifact_path="report"
-            )
-            logged_to = data.parent_run.info.run_id
-        except Exception as error:  # noqa: BLE001 - the report on disk is complete regardless
-            messages.append(f"could not log the report to the parent run: {error}")
-        seconds["log_artifacts"] = time.perf_counter() - mark
+    final_dir, figures, tables = _write_report(
+        Path(out_dir), data, spec, analysis, messages, seconds, started
+    )
+    logged_to = _log_to_parent(data, final_dir, messages, seconds) if log_to_mlflow else None
     seconds["total"] = time.perf_counter() - started
-
     return ReportResult(
         experiment=experiment,
         out_dir=final_dir,
@@ -378,14 +328,94 @@ def build_report(
         manifest=final_dir / "manifest.json",
         figures=[final_dir / "figures" / p.name for f in figures for p in (f.png, f.svg)],
         tables=[final_dir / "tables" / p.name for p in tables],
-        claims=verdicts,
+        claims=analysis.verdicts,
         messages=messages,
-        baseline_arm=baseline,
-        n_runs=len(runs),
-        n_included=int(runs["included"].sum()),
+        baseline_arm=analysis.baseline,
+        n_runs=len(analysis.runs),
+        n_included=int(analysis.runs["included"].sum()),
         logged_to_run=logged_to,
         seconds=seconds,
     )
+
+
+def analyse(
+    data: ExperimentData, spec: SpecInfo | None, baseline_arm: str | None, messages: list[str]
+) -> Analysis:
+    """Arms, baseline, summary and matched-compute tables, claim verdicts; notes to `messages`."""
+    runs, history = data.runs, data.history
+    arms = order_arms(runs, spec, messages)
+    baseline = choose_baseline(runs, arms, spec, baseline_arm)
+    if history.empty:
+        messages.append("no metric history was logged by any run: curves are empty.")
+    else:
+        for metric in (TRAIN_LOSS, VAL_LOSS):
+            if metric not in set(history["metric"]):
+                messages.append(f"no run logged {metric}: its curves and gap are empty.")
+    return Analysis(
+        runs=runs,
+        history=history,
+        arms=arms,
+        baseline=baseline,
+        has_grid=bool((runs["grid_label"] != "").any()),
+        summary=summary_frame(runs, arms, baseline),
+        matched=matched_compute_frame(runs, history, arms, baseline),
+        verdicts=check_claims(spec.claims if spec else [], runs, baseline),
+    )
+
+
+def _write_report(
+    out_dir: Path, data: ExperimentData, spec: SpecInfo | None, analysis: Analysis,
+    messages: list[str], seconds: dict[str, float], started: float,
+) -> tuple[Path, list, list[Path]]:
+    """Figures, tables, report.md/.html and manifest.json, assembled in a temporary sibling
+    folder and swapped into place; returns (the report folder, figures, tables)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe_name = data.experiment_name.replace(os.sep, "_").replace("/", "_")
+    final_dir = out_dir / safe_name
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{safe_name}.partial-", dir=out_dir))
+    work_dir.chmod(0o755)  # mkdtemp's 0700 would make the published folder private
+    try:
+        (work_dir / "tables").mkdir()
+        mark = time.perf_counter()
+        figures = FigureMaker(analysis.runs, analysis.history, analysis.arms, analysis.baseline,
+                              work_dir).all()
+        seconds["figures"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        tables = _write_tables(work_dir, analysis)
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = _manifest(data, spec, created, seconds)
+        blocks = _document(data, spec, analysis, figures, messages, manifest)
+        (work_dir / "report.md").write_text(doc.to_markdown(blocks))
+        (work_dir / "report.html").write_text(
+            doc.to_html(blocks, f"rtlab report: {data.experiment_name}")
+        )
+        seconds["render"] = time.perf_counter() - mark
+        seconds["total_before_logging"] = time.perf_counter() - started
+        manifest["generation_seconds"] = round(seconds["total_before_logging"], 3)
+        (work_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace_dir(work_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    return final_dir, figures, tables
+
+
+def _log_to_parent(
+    data: ExperimentData, final_dir: Path, messages: list[str], seconds: dict[str, float]
+) -> str | None:
+    """Log the report folder as artifacts of the parent run; its id, None when not logged."""
+    if data.parent_run is None:
+        return None
+    mark = time.perf_counter()
+    logged_to = None
+    try:
+        log_directory(data.tracking_uri, data.parent_run.run_id, final_dir, REPORT_DIR)
+        logged_to = data.parent_run.run_id
+    except Exception as error:  # noqa: BLE001 - the report on disk is complete regardless
+        messages.append(f"could not log the report to the parent run: {error}")
+    seconds["log_artifacts"] = time.perf_counter() - mark
+    return logged_to
 
 
 def _replace_dir(work_dir: Path, final_dir: Path) -> None:
@@ -399,18 +429,14 @@ def _replace_dir(work_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_tables(
-    work_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, matched: pd.DataFrame,
-    verdicts: list[ClaimVerdict],
-) -> list[Path]:
-    paths = []
+def _write_tables(work_dir: Path, analysis: Analysis) -> list[Path]:
     tables_dir = work_dir / "tables"
-    summary.to_csv(tables_dir / "summary.csv", index=False)
-    paths.append(tables_dir / "summary.csv")
-    matched.to_csv(tables_dir / "matched_compute.csv", index=False)
-    paths.append(tables_dir / "matched_compute.csv")
-    runs.drop(columns=["params", "grid"]).to_csv(tables_dir / "runs.csv", index=False)
-    paths.append(tables_dir / "runs.csv")
+    paths = [tables_dir / name for name in
+             ("summary.csv", "matched_compute.csv", "runs.csv", "claims.csv")]
+    analysis.summary.to_csv(paths[0], index=False)
+    analysis.matched.to_csv(paths[1], index=False)
+    analysis.runs.drop(columns=["params", "grid"]).to_csv(paths[2], index=False)
+    verdicts = analysis.verdicts
     claim_columns = ["verdict", "why", "compared", "claimed_change_pct", "measured_change_pct"]
     pd.DataFrame([
         {**{f"claim_{k}": v for k, v in verdict.claim.items()}, "verdict": verdict.verdict,
@@ -418,23 +444,24 @@ def _write_tables(
          "claimed_change_pct": verdict.claimed_change_pct,
          "measured_change_pct": verdict.measured_change_pct}
         for verdict in verdicts
-    ] or None, columns=None if verdicts else claim_columns).to_csv(
-        tables_dir / "claims.csv", index=False
-    )
-    paths.append(tables_dir / "claims.csv")
+    ] or None, columns=None if verdicts else claim_columns).to_csv(paths[3], index=False)
     return paths
 
 
 def _manifest(
     data: ExperimentData, spec: SpecInfo | None, created: str, seconds: dict[str, float]
 ) -> dict:
+    """What the report was made from. `rtlab reproduce` reruns `spec_text` with `overrides` (the
+    `--set` of `rtlab run`, from the parent run) and compares each run's numbers by config hash;
+    `config` is the run's resolved RunConfig (its data fingerprint is not logged: "")."""
     runs = data.runs
-    report_commit, report_dirty = git_state()
     dirty_tags = {str(v).lower() for v in runs["git_dirty"] if v} & {"true", "false"}
+    parent = data.parent_run
     return {
         "experiment": data.experiment_name,
         "spec_path": spec.path if spec else None,
         "spec_text": spec.text if spec else None,
+        "overrides": list(parent.overrides) if parent and parent.overrides is not None else None,
         # Versions and commit of the code that produced the runs (from their tags); the
         # report generator's own are under "report".
         # None where the runs carry no tag: the generator's environment is not theirs.
@@ -445,47 +472,87 @@ def _manifest(
         "git_dirty": ("true" in dirty_tags) if dirty_tags else None,
         "created": created,
         "tracking_uri": data.tracking_uri,
-        "parent_run_id": data.parent_run.info.run_id if data.parent_run else None,
-        "runs": [
-            {
-                "run_id": row["run_id"],
-                "run_name": row["run_name"],
-                "arm": row["arm"],
-                "seed": None if pd.isna(row["seed"]) else int(row["seed"]),
-                "grid_point": row["grid"],
-                "config_hash": row["config_hash"],
-                "status": row["status"],
-                "included": bool(row["included"]),
-                **{key: _json_number(float(row[key])) for key in (
-                    "final_train_loss", "final_val_loss", "best_val_loss", "tokens_seen",
-                    "flops_seen")},
-            }
-            for _, row in runs.iterrows()
-        ],
-        "report": {
-            "rtlab_version": rtlab.__version__,
-            "python": platform.python_version(),
-            "torch": _package_version("torch"),
-            "git_commit": report_commit,
-            "git_dirty": report_dirty,
-            "mlflow": _package_version("mlflow"),
-        },
+        "parent_run_id": parent.run_id if parent else None,
+        "runs": _manifest_runs(data),
+        "report": _generator(),
     }
 
 
+def _manifest_runs(data: ExperimentData) -> list[dict]:
+    records = {run.run_id: run for run in data.experiment.children}
+    entries = []
+    for _, row in data.runs.iterrows():
+        config = run_config(records[row["run_id"]], data.experiment_name)
+        entries.append({
+            "run_id": row["run_id"],
+            "run_name": row["run_name"],
+            "arm": row["arm"],
+            "seed": None if pd.isna(row["seed"]) else int(row["seed"]),
+            "grid_point": row["grid"],
+            "config_hash": row["config_hash"],
+            "status": row["status"],
+            "included": bool(row["included"]),
+            **{key: _json_number(float(row[key])) for key in (
+                FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, BEST_VAL_LOSS, TOKENS_SEEN, FLOPS_SEEN)},
+            "config": json.loads(config.to_json()) if config is not None else None,
+        })
+    return entries
+
+
+def _generator() -> dict:
+    """The report generator's own versions and commit."""
+    commit, dirty = git_state()
+    return {
+        "rtlab_version": rtlab.__version__,
+        "python": platform.python_version(),
+        "torch": _package_version("torch"),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "mlflow": _package_version("mlflow"),
+    }
+
+
+# ---- the document -----------------------------------------------------------------------------
+
+
 def _document(
-    data: ExperimentData, spec: SpecInfo | None, runs: pd.DataFrame, summary: pd.DataFrame,
-    matched: pd.DataFrame, verdicts: list[ClaimVerdict], figures: list, messages: list[str],
-    arms: list[str], baseline: str | None, has_grid: bool, manifest: dict,
+    data: ExperimentData, spec: SpecInfo | None, analysis: Analysis, figures: list,
+    messages: list[str], manifest: dict,
 ) -> list[doc.Block]:
+    blocks: list[doc.Block] = [doc.Heading(1, f"rtlab report: {data.experiment_name}")]
+    if spec and spec.description:
+        blocks.append(doc.Paragraph(spec.description.strip()))
+    blocks.append(_provenance(data, analysis, manifest))
+    if messages:
+        blocks += [doc.Heading(2, "Data notes"), doc.Bullets(messages)]
+    blocks += _summary_section(analysis)
+    blocks += _claims_section(analysis.verdicts)
+    blocks.append(doc.Heading(2, "Figures"))
+    for number, figure in enumerate(figures, start=1):
+        blocks.append(doc.Figure(figure.png, f"figures/{figure.png.name}",
+                                 f"Figure {number}: {figure.title}",
+                                 f"Figure {number}. {figure.caption} (SVG: figures/"
+                                 f"{figure.svg.name})"))
+    blocks += _comparison_sections(analysis)
+    blocks.append(doc.Heading(2, "Runs"))
+    header, rows = runs_markdown_rows(analysis.runs, analysis.has_grid)
+    blocks.append(doc.Table(header, rows, csv_name="tables/runs.csv"))
+    blocks += [doc.Heading(2, "How the numbers are computed"), doc.Bullets(METHOD_NOTES)]
+    if spec is not None:
+        blocks.append(doc.Heading(2, "Spec"))
+        blocks.append(doc.Paragraph(f"From {spec.origin}." if spec.origin else
+                                    f"From `{spec.path}`."))
+        blocks.append(doc.Code(spec.text, "yaml"))
+    return blocks
+
+
+def _provenance(data: ExperimentData, analysis: Analysis, manifest: dict) -> doc.Bullets:
+    runs, arms, baseline = analysis.runs, analysis.arms, analysis.baseline
     n_included = int(runs["included"].sum())
     dirty = " (uncommitted changes)" if manifest["git_dirty"] else ""
     generator = manifest["report"]
     devices = ", ".join(sorted({d for d in runs["device"] if d})) or "unknown"
-    blocks: list[doc.Block] = [doc.Heading(1, f"rtlab report: {data.experiment_name}")]
-    if spec and spec.description:
-        blocks.append(doc.Paragraph(spec.description.strip()))
-    blocks.append(doc.Bullets([
+    return doc.Bullets([
         f"{len(runs)} runs, {n_included} finished and in the aggregates; arms: "
         + ", ".join(f"**{a}** (baseline)" if a == baseline else a for a in arms),
         f"runs from commit `{manifest['git_commit'] or 'unknown'}`{dirty}, rtlab "
@@ -497,80 +564,68 @@ def _document(
         f"MLflow {generator['mlflow']}",
         f"tracking store `{data.tracking_uri}`, experiment id {data.experiment_id}, parent run "
         f"`{manifest['parent_run_id'] or 'none'}`; generated {manifest['created']}",
-    ]))
-    if messages:
-        blocks += [doc.Heading(2, "Data notes"), doc.Bullets(messages)]
+    ])
 
-    blocks.append(doc.Heading(2, "Summary"))
-    header, rows = summary_markdown_rows(summary, has_grid)
-    blocks.append(doc.Table(
+
+def _summary_section(analysis: Analysis) -> list[doc.Block]:
+    header, rows = summary_markdown_rows(analysis.summary, analysis.has_grid)
+    blocks: list[doc.Block] = [doc.Heading(2, "Summary"), doc.Table(
         header, rows,
         "Mean ± half-width of the 95% t-interval over finished seeds (n; \"n of m\" when some "
         "runs did not finish). Δ = arm − baseline at the same grid point, Welch 95% interval; "
         "lower loss is better.",
         "tables/summary.csv",
-    ))
-    findings = _findings(summary, matched, baseline)
+    )]
+    findings = _findings(analysis.summary, analysis.matched, analysis.baseline)
     if findings:
         blocks.append(doc.Bullets(findings))
+    return blocks
 
-    if verdicts:
-        blocks.append(doc.Heading(2, "Claims check"))
-        blocks.append(doc.Table(
-            ["claim", "source", "verdict", "why", "what was compared"],
-            [[_claim_text(v.claim), v.claim.get("source") or "—", f"**{v.verdict}**", v.why,
-              v.compared] for v in verdicts],
-            csv_name="tables/claims.csv",
-        ))
 
-    blocks.append(doc.Heading(2, "Figures"))
-    for number, figure in enumerate(figures, start=1):
-        blocks.append(doc.Figure(figure.png, f"figures/{figure.png.name}",
-                                 f"Figure {number}: {figure.title}",
-                                 f"Figure {number}. {figure.caption} (SVG: figures/"
-                                 f"{figure.svg.name})"))
+def _claims_section(verdicts: list[ClaimVerdict]) -> list[doc.Block]:
+    if not verdicts:
+        return []
+    return [doc.Heading(2, "Claims check"), doc.Table(
+        ["claim", "source", "verdict", "why", "what was compared"],
+        [[_claim_text(v.claim), v.claim.get("source") or "—", f"**{v.verdict}**", v.why,
+          v.compared] for v in verdicts],
+        csv_name="tables/claims.csv",
+    )]
 
-    if baseline is not None and len(arms) > 1:
-        blocks.append(doc.Heading(2, "Differences from the baseline"))
-        header, rows = deltas_markdown_rows(summary, has_grid)
-        blocks.append(doc.Table(header, rows, "Welch 95% intervals and two-sided p-values.",
-                                "tables/summary.csv"))
-    if not matched.empty:
-        blocks.append(doc.Heading(2, "At equal tokens and at equal training FLOPs"))
-        header, rows = matched_markdown_rows(matched, has_grid)
-        blocks.append(doc.Table(
+
+def _comparison_sections(analysis: Analysis) -> list[doc.Block]:
+    """Differences from the baseline, and the comparison at equal tokens and FLOPs."""
+    blocks: list[doc.Block] = []
+    if analysis.baseline is not None and len(analysis.arms) > 1:
+        header, rows = deltas_markdown_rows(analysis.summary, analysis.has_grid)
+        blocks += [doc.Heading(2, "Differences from the baseline"),
+                   doc.Table(header, rows, "Welch 95% intervals and two-sided p-values.",
+                             "tables/summary.csv")]
+    if not analysis.matched.empty:
+        header, rows = matched_markdown_rows(analysis.matched, analysis.has_grid)
+        blocks += [doc.Heading(2, "At equal tokens and at equal training FLOPs"), doc.Table(
             header, rows,
             "Validation loss interpolated at the largest budget every finished run reached: "
             "the fair comparison when arms differ in FLOPs per token.",
             "tables/matched_compute.csv",
-        ))
-
-    blocks.append(doc.Heading(2, "Runs"))
-    header, rows = runs_markdown_rows(runs, has_grid)
-    blocks.append(doc.Table(header, rows, csv_name="tables/runs.csv"))
-
-    blocks.append(doc.Heading(2, "How the numbers are computed"))
-    blocks.append(doc.Bullets([
-        "Only runs with MLflow status FINISHED enter averages; failed, killed and running runs "
-        "are listed above and drawn dotted in Figure 1 (a run whose process died without "
-        "ending it stays RUNNING in MLflow). A config hash that finished twice counts once "
-        "(the later run).",
-        "Per-run values are the logged final_train_loss, final_val_loss and best_val_loss "
-        "(else the last / lowest logged value, noted under Data notes).",
-        "Interval: mean ± t(0.975, n−1)·s/√n over seeds; with n = 1 there is no interval.",
-        "Δ vs baseline: difference of means, Welch–Satterthwaite degrees of freedom, "
-        "two-sided Welch t-test p-value (scipy). Δ % divides by the baseline mean and ignores "
-        "that mean's own uncertainty.",
-        "Throughput: median of each run's logged tokens/s after its first log point; it "
-        "depends on the machine and its load, compare arms within one report only.",
-    ]))
-
-    if spec is not None:
-        blocks.append(doc.Heading(2, "Spec"))
-        blocks.append(doc.Paragraph(f"From {spec.origin}." if spec.origin else
-                                    f"From `{spec.path}`."))
-        blocks.append(doc.Code(spec.text, "yaml"))
+        )]
     return blocks
+
+
+METHOD_NOTES = [
+    "Only runs with MLflow status FINISHED enter averages; failed, killed and running runs "
+    "are listed above and drawn dotted in Figure 1 (a run whose process died without "
+    "ending it stays RUNNING in MLflow). A config hash that finished twice counts once "
+    "(the later run).",
+    "Per-run values are the logged final_train_loss, final_val_loss and best_val_loss "
+    "(else the last / lowest logged value, noted under Data notes).",
+    "Interval: mean ± t(0.975, n−1)·s/√n over seeds; with n = 1 there is no interval.",
+    "Δ vs baseline: difference of means, Welch–Satterthwaite degrees of freedom, "
+    "two-sided Welch t-test p-value (scipy). Δ % divides by the baseline mean and ignores "
+    "that mean's own uncertainty.",
+    "Throughput: median of each run's logged tokens/s after its first log point; it "
+    "depends on the machine and its load, compare arms within one report only.",
+]
 
 
 def _p_text(p: float) -> str:

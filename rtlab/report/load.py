@@ -1,6 +1,7 @@
-"""MLflow -> pandas: the experiment's runs and their full metric histories.
+"""The tracking store -> pandas: the experiment's runs and their full metric histories.
 
-Reads the schema in docs/ARCHITECTURE.md ("MLflow schema"). Two frames come out:
+Reads the experiment through `rtlab.track.records` (the schema in docs/ARCHITECTURE.md, "MLflow
+schema"). Two frames come out:
 - `runs`: one row per child run (identity, status, whether it enters the aggregates and why not,
   per-run summary values);
 - `history`: the tidy frame, one row per (run, metric, step) with the tokens and FLOPs seen at that
@@ -11,38 +12,77 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Run, ViewType
 
 from rtlab.report.errors import ReportError
+from rtlab.track.names import (
+    ARM_TAG,
+    BEST_VAL_LOSS,
+    CHILD,
+    FINAL_TRAIN_LOSS,
+    FINAL_VAL_LOSS,
+    FLOPS_PER_TOKEN_PARAM,
+    FLOPS_SEEN,
+    MFU,
+    PARENT,
+    ROLE_TAG,
+    TOKENS_PER_SEC,
+    TOKENS_SEEN,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
+from rtlab.track.records import (
+    ExperimentRecord,
+    MetricPoint,
+    RunRecord,
+    experiment_names,
+    metric_histories,
+    read_experiment,
+)
 from rtlab.track.store import local_store_path, resolve_tracking_uri, store_exists
 
-PARENT, CHILD = "parent", "child"
 FINISHED = "FINISHED"
-# Metrics whose history is drawn; the final_*/best_* ones are logged once at the last step.
-SUMMARY_METRICS = ("final_train_loss", "final_val_loss", "best_val_loss")
+# Per-run summary values: the metric logged once at the last step, else (metric, how) of the
+# history it summarises.
+SUMMARIES = (
+    (FINAL_TRAIN_LOSS, TRAIN_LOSS, "last"),
+    (FINAL_VAL_LOSS, VAL_LOSS, "last"),
+    (BEST_VAL_LOSS, VAL_LOSS, "lowest"),
+)
 HISTORY_COLUMNS = [
     "run_id", "run_name", "arm", "grid_point", "seed", "step", "tokens", "flops", "metric", "value",
 ]
+_NO_HISTORY = pd.DataFrame(columns=["run_id", "metric", "step", "value"])
 
 
 @dataclass
 class ExperimentData:
     """Everything the report needs from the tracking store, already tidied."""
 
-    experiment_name: str
-    experiment_id: str
-    tracking_uri: str
-    parent_run: Run | None
+    experiment: ExperimentRecord
     runs: pd.DataFrame
     history: pd.DataFrame
     messages: list[str] = field(default_factory=list)  # shown in the report's "Data notes"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def experiment_id(self) -> str:
+        return self.experiment.experiment_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.experiment.tracking_uri
+
+    @property
+    def parent_run(self) -> RunRecord | None:
+        return self.experiment.parent
 
 
 def check_store_exists(tracking_uri: str) -> None:
@@ -59,87 +99,11 @@ def grid_label(grid_point: dict) -> str:
     return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in grid_point.items())
 
 
-def _parse_grid_point(raw: str | None) -> tuple[dict, str | None]:
-    if not raw:
-        return {}, None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as error:
-        return {}, f"tag rtlab.grid_point is not JSON ({error.msg})"
-    if not isinstance(value, dict):
-        return {}, "tag rtlab.grid_point is not a JSON object"
-    return value, None
-
-
-def _to_int(raw: str | None) -> int | None:
-    try:
-        return int(raw) if raw is not None else None
-    except ValueError:
-        return None
-
-
 def _to_float(raw: str | None) -> float:
     try:
         return float(raw) if raw is not None else math.nan
     except ValueError:
         return math.nan
-
-
-def _search_all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    runs: list[Run] = []
-    page_token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-            page_token=page_token,
-        )
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            return runs
-
-
-def _metric_histories(
-    client: MlflowClient, run_ids: list[str], keys: Iterable[str]
-) -> pd.DataFrame:
-    """All (run_id, metric, step, timestamp, value) rows.
-
-    On a SQL store one query per metric key covers every run (the bulk API); elsewhere fall back
-    to one call per (run, key), issued from a few threads to hide round-trip latency.
-    """
-    keys = sorted(set(keys))
-    rows: list[tuple[str, str, int, int, float]] = []
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    bulk = getattr(store, "get_metric_history_bulk", None)
-    if bulk is not None and run_ids:
-        try:
-            for key in keys:
-                for item in bulk(run_ids, key, max_results=None):
-                    m = item.metric
-                    rows.append((item.run_id, m.key, m.step, m.timestamp, m.value))
-        except Exception:  # noqa: BLE001 - any store quirk: use the portable path instead
-            rows = []
-            bulk = None
-    if bulk is None or not run_ids:
-        pairs = [(run_id, key) for run_id in run_ids for key in keys]
-
-        def fetch(pair: tuple[str, str]) -> list[tuple[str, str, int, int, float]]:
-            run_id, key = pair
-            return [
-                (run_id, m.key, m.step, m.timestamp, m.value)
-                for m in client.get_metric_history(run_id, key)
-            ]
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for chunk in pool.map(fetch, pairs):
-                rows.extend(chunk)
-    frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "timestamp", "value"])
-    if frame.empty:
-        return frame
-    # A resumed run re-logs the steps after its last checkpoint: keep the latest value per step.
-    frame = frame.sort_values(["run_id", "metric", "step", "timestamp"], kind="stable")
-    frame = frame.drop_duplicates(["run_id", "metric", "step"], keep="last")
-    return frame.drop(columns="timestamp").reset_index(drop=True)
 
 
 def _series(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -182,132 +146,131 @@ def load_experiment(experiment_name: str, tracking_uri: str | None) -> Experimen
     """Read one experiment's parent and child runs; raise ReportError when there is nothing."""
     # The tracker's resolution, so `rtlab report` reads the store `rtlab run` wrote.
     uri = resolve_tracking_uri(tracking_uri)
-    check_store_exists(uri)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        known = sorted(e.name for e in client.search_experiments(max_results=50))
-        known_text = ", ".join(repr(name) for name in known) or "none"
-        raise ReportError(
-            f"no experiment {experiment_name!r} in {uri} (experiments there: {known_text})"
-        )
-    messages: list[str] = []
-    all_runs = _search_all_runs(client, experiment.experiment_id)
-    parents = [r for r in all_runs if r.data.tags.get("rtlab.role") == PARENT]
-    children = [
-        r for r in all_runs
-        if r.data.tags.get("rtlab.role") == CHILD
-        or (r.data.tags.get("rtlab.role") != PARENT and "mlflow.parentRunId" in r.data.tags)
-    ]
-    parents.sort(key=lambda r: r.info.start_time or 0)
-    parent = parents[0] if parents else None  # the tracker reuses the first one, so do we
-    if len(parents) > 1:
-        messages.append(
-            f"{len(parents)} parent runs found; report artifacts go to the first "
-            f"({parent.info.run_id}); child runs of all of them are included."
-        )
-    if parent is None:
-        messages.append("no parent run (tag rtlab.role=parent): report artifacts are not logged.")
-    if not children:
-        raise ReportError(
-            f"experiment {experiment_name!r} in {uri} has no child runs (tag rtlab.role=child) yet"
-        )
-
-    run_ids = [r.info.run_id for r in children]
-    metric_keys = {key for r in children for key in r.data.metrics}
-    raw = _metric_histories(client, run_ids, metric_keys)
-
-    by_run = {run_id: frame for run_id, frame in raw.groupby("run_id")} if not raw.empty else {}
-    empty = raw.iloc[0:0]
+    experiment = _read_experiment(experiment_name, uri)
+    messages = _parent_notes(experiment)
+    histories = _histories(uri, experiment.children)
     run_rows, history_parts = [], []
     fallbacks: dict[str, list[str]] = {}
-    for run in children:
-        tags, params, latest = run.data.tags, run.data.params, run.data.metrics
-        run_id = run.info.run_id
-        run_name = run.info.run_name or tags.get("mlflow.runName", run_id[:8])
-        grid_point, grid_problem = _parse_grid_point(tags.get("rtlab.grid_point"))
-        if grid_problem:
-            messages.append(f"run {run_name}: {grid_problem}; treated as no grid point.")
-        arm = tags.get("rtlab.arm") or "?"
-        if arm == "?":
-            messages.append(f"run {run_name}: no rtlab.arm tag; shown as arm '?'.")
-        seed = _to_int(tags.get("rtlab.seed") or params.get("seed"))
-        own = by_run.get(run_id, empty)
-
-        summaries: dict[str, float] = {}
-        for key, fallback_metric, how in (
-            ("final_train_loss", "train_loss", "last"),
-            ("final_val_loss", "val_loss", "last"),
-            ("best_val_loss", "val_loss", "lowest"),
-        ):
-            summaries[key], used_fallback = _summary_value(latest, own, key, fallback_metric, how)
-            if used_fallback and run.info.status == FINISHED:  # unfinished: expected, unreported
-                fallbacks.setdefault(f"no {key}; used the {how} {fallback_metric}", []).append(
-                    run_name
-                )
-        tokens_seen = float(latest.get("tokens_seen", math.nan))
-        flops_seen = float(latest.get("flops_seen", math.nan))
-        flops_per_token = _to_float(params.get("flops_per_token"))
-        throughput = (
-            _steady_median(_series(own, "tokens_per_sec")["value"].to_numpy(dtype=float))
-            if not own.empty else math.nan
-        )
-        mfu = (
-            _steady_median(_series(own, "mfu")["value"].to_numpy(dtype=float))
-            if not own.empty else math.nan
-        )
-        status = run.info.status
-        run_rows.append({
-            "run_id": run_id,
-            "run_name": run_name,
-            "arm": arm,
-            "seed": seed,
-            "grid_point": json.dumps(grid_point, sort_keys=True),
-            "grid_label": grid_label(grid_point),
-            "grid": grid_point,
-            "config_hash": tags.get("rtlab.config_hash", ""),
-            "status": status,
-            "failure_reason": tags.get("rtlab.failure_reason", ""),
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-            **summaries,
-            "tokens_seen": tokens_seen,
-            "flops_seen": flops_seen,
-            "flops_per_token": flops_per_token,
-            "tokens_per_sec": throughput,
-            "mfu": mfu,
-            "git_commit": tags.get("rtlab.git_commit", ""),
-            "git_dirty": tags.get("rtlab.git_dirty", ""),
-            "rtlab_version": tags.get("rtlab.version", ""),
-            "python": tags.get("rtlab.python", ""),
-            "torch": tags.get("rtlab.torch", ""),
-            "device": tags.get("rtlab.device", ""),
-            "params": dict(params),
-        })
+    for run in experiment.children:
+        own = histories.get(run.run_id, _NO_HISTORY)
+        row = _run_row(run, own, messages, fallbacks)
+        run_rows.append(row)
         if not own.empty:
             history_parts.append(
-                _with_tokens_and_flops(own, params, flops_per_token).assign(
-                    run_name=run_name, arm=arm, grid_point=grid_label(grid_point), seed=seed
+                _with_tokens_and_flops(own, row["params"], row["flops_per_token"]).assign(
+                    run_name=row["run_name"], arm=row["arm"], grid_point=row["grid_label"],
+                    seed=row["seed"],
                 )
             )
     for what, names in fallbacks.items():
         messages.append(f"{len(names)} run(s) had {what}: {', '.join(sorted(names))}.")
-
-    runs = _sorted_runs(pd.DataFrame(run_rows))
-    runs = _mark_included(runs, messages)
+    runs = _mark_included(_sorted_runs(pd.DataFrame(run_rows)), messages)
     history = (
         pd.concat(history_parts, ignore_index=True)[HISTORY_COLUMNS]
         if history_parts else pd.DataFrame(columns=HISTORY_COLUMNS)
     )
-    return ExperimentData(
-        experiment_name=experiment_name,
-        experiment_id=experiment.experiment_id,
-        tracking_uri=uri,
-        parent_run=parent,
-        runs=runs,
-        history=history,
-        messages=messages,
-    )
+    return ExperimentData(experiment, runs, history, messages)
+
+
+def _read_experiment(experiment_name: str, uri: str) -> ExperimentRecord:
+    """The experiment, with at least one child run, or ReportError saying what is missing."""
+    check_store_exists(uri)
+    experiment = read_experiment(experiment_name, uri)
+    if experiment is None:
+        known_text = ", ".join(repr(name) for name in experiment_names(uri)) or "none"
+        raise ReportError(
+            f"no experiment {experiment_name!r} in {uri} (experiments there: {known_text})"
+        )
+    if not experiment.children:
+        raise ReportError(
+            f"experiment {experiment_name!r} in {uri} has no child runs "
+            f"(tag {ROLE_TAG}={CHILD}) yet"
+        )
+    return experiment
+
+
+def _parent_notes(experiment: ExperimentRecord) -> list[str]:
+    parent = experiment.parent  # the tracker reuses the first one, so do we
+    if parent is None:
+        return [f"no parent run (tag {ROLE_TAG}={PARENT}): report artifacts are not logged."]
+    if len(experiment.parents) > 1:
+        return [
+            f"{len(experiment.parents)} parent runs found; report artifacts go to the first "
+            f"({parent.run_id}); child runs of all of them are included."
+        ]
+    return []
+
+
+def _histories(uri: str, runs: tuple[RunRecord, ...]) -> dict[str, pd.DataFrame]:
+    """Each run's full histories of every metric it logged: (run_id, metric, step, value)."""
+    keys = {key for run in runs for key in run.metrics}
+    points = metric_histories(uri, [run.run_id for run in runs], keys)
+    frame = pd.DataFrame(points, columns=list(MetricPoint._fields)).drop(columns="timestamp")
+    return {run_id: own for run_id, own in frame.groupby("run_id")}
+
+
+def _run_row(
+    run: RunRecord, own: pd.DataFrame, messages: list[str], fallbacks: dict[str, list[str]]
+) -> dict[str, Any]:
+    """One row of the runs frame; notes what is missing from the run to `messages`."""
+    if run.grid_point_problem:
+        messages.append(f"run {run.name}: {run.grid_point_problem}; treated as no grid point.")
+    if run.arm is None:
+        messages.append(f"run {run.name}: no {ARM_TAG} tag; shown as arm '?'.")
+    grid_point = dict(run.grid_point)
+    return {
+        "run_id": run.run_id,
+        "run_name": run.name,
+        "arm": run.arm or "?",
+        "seed": run.seed,
+        "grid_point": json.dumps(grid_point, sort_keys=True),
+        "grid_label": grid_label(grid_point),
+        "grid": grid_point,
+        "config_hash": run.config_hash,
+        "status": run.status,
+        "failure_reason": run.failure_reason,
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        **_summaries(run, own, fallbacks),
+        **_throughput(run, own),
+        "git_commit": run.git_commit,
+        "git_dirty": run.git_dirty,
+        "rtlab_version": run.rtlab_version,
+        "python": run.python,
+        "torch": run.torch,
+        "device": run.device,
+        "params": dict(run.params),
+    }
+
+
+def _summaries(
+    run: RunRecord, own: pd.DataFrame, fallbacks: dict[str, list[str]]
+) -> dict[str, float]:
+    """final_train_loss, final_val_loss, best_val_loss; a finished run that had to fall back on
+    its history is listed in `fallbacks` (an unfinished one is expected to)."""
+    summaries: dict[str, float] = {}
+    for key, fallback_metric, how in SUMMARIES:
+        summaries[key], used_fallback = _summary_value(
+            dict(run.metrics), own, key, fallback_metric, how
+        )
+        if used_fallback and run.status == FINISHED:
+            fallbacks.setdefault(f"no {key}; used the {how} {fallback_metric}", []).append(run.name)
+    return summaries
+
+
+def _throughput(run: RunRecord, own: pd.DataFrame) -> dict[str, float]:
+    def steady(metric: str) -> float:
+        if own.empty:
+            return math.nan
+        return _steady_median(_series(own, metric)["value"].to_numpy(dtype=float))
+
+    return {
+        "tokens_seen": float(run.metrics.get(TOKENS_SEEN, math.nan)),
+        "flops_seen": float(run.metrics.get(FLOPS_SEEN, math.nan)),
+        "flops_per_token": _to_float(run.params.get(FLOPS_PER_TOKEN_PARAM)),
+        "tokens_per_sec": steady(TOKENS_PER_SEC),
+        "mfu": steady(MFU),
+    }
 
 
 def _with_tokens_and_flops(
@@ -320,12 +283,12 @@ def _with_tokens_and_flops(
     """
     steps = own["step"].to_numpy(dtype=float)
     out = own.copy()
-    tokens_series = _series(own, "tokens_seen")
+    tokens_series = _series(own, TOKENS_SEEN)
     if len(tokens_series):
         out["tokens"] = _counter_at(steps, tokens_series)
     else:
         out["tokens"] = steps * _tokens_per_step(params)
-    flops_series = _series(own, "flops_seen")
+    flops_series = _series(own, FLOPS_SEEN)
     if len(flops_series):
         out["flops"] = _counter_at(steps, flops_series)
     else:

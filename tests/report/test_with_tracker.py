@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rtlab.config import RunConfig
 from rtlab.report import build_report
 from rtlab.track import ChildRun, finish_parent, setup_experiment
 from tests.helpers.report_store import Store
@@ -18,15 +19,24 @@ FINAL_VAL = {("baseline", 0): 2.50, ("baseline", 1): 2.54, ("reasoning_1", 0): 2
              ("reasoning_1", 1): 2.46}
 
 
+def tiny_run(arm: str, seed: int) -> RunConfig:
+    n_tokens = 1 if arm == "reasoning_1" else 0
+    return RunConfig.model_validate({
+        "experiment": "tracked", "arm": arm, "seed": seed,
+        "data": {"name": "fake"},
+        "model": {"block_size": 8, "n_layer": 1, "n_head": 1, "n_embd": 8,
+                  "reasoning": {"n_tokens": n_tokens}},
+        "train": {"max_iters": 20, "learning_rate": 1e-3},
+    })
+
+
 def test_report_reads_what_the_tracker_writes(store: Store, tmp_path: Path) -> None:
     handle = setup_experiment("tracked", store.uri, artifact_root=store.root)
+    runs = {}
     for (arm, seed), final_val in FINAL_VAL.items():
         n_tokens = 1 if arm == "reasoning_1" else 0
-        config = {"data": {"name": "fake"}, "model": {"block_size": 8,
-                  "reasoning": {"n_tokens": n_tokens}}, "train": {"max_iters": 20}}
-        child = ChildRun.open(handle, run_name=f"{arm}-s{seed}", arm=arm, seed=seed,
-                              grid_point={}, config_hash=f"{arm[:4]}{seed}".ljust(12, "0"),
-                              config=config, device="cpu")
+        runs[arm, seed] = run = tiny_run(arm, seed)
+        child = ChildRun.open(handle, run, device="cpu")
         # what the worker logs: flops_per_token, counters at log steps, losses at eval steps
         child.log_param("flops_per_token", 1.0e5 * (1 + n_tokens))
         for step in (0, 10, 20):
@@ -39,8 +49,7 @@ def test_report_reads_what_the_tracker_writes(store: Store, tmp_path: Path) -> N
         child.log_metrics(20, {"final_train_loss": final_val - 0.1, "final_val_loss": final_val,
                                "best_val_loss": final_val})
         child.finish("FINISHED")
-    failed = ChildRun.open(handle, run_name="reasoning_1-s2", arm="reasoning_1", seed=2,
-                           grid_point={}, config_hash="reas20000000", config={}, device="cpu")
+    failed = ChildRun.open(handle, tiny_run("reasoning_1", 2), device="cpu")
     failed.log_metrics(0, {"val_loss": 9.0})
     failed.finish("FAILED", failure_reason="TrainingDiverged: loss is nan")
     finish_parent(handle, "FINISHED")
@@ -58,3 +67,7 @@ def test_report_reads_what_the_tracker_writes(store: Store, tmp_path: Path) -> N
     assert statuses["reasoning_1-s2"] == "FAILED" and statuses["baseline-s0"] == "FINISHED"
     assert manifest["torch"] and manifest["python"]  # provenance tags written by the tracker
     assert "TrainingDiverged: loss is nan" in result.report_md.read_text()
+    # Each run's resolved config, read back from its params, is the config it was opened with.
+    configs = {run["run_name"]: run["config"] for run in manifest["runs"]}
+    for run in runs.values():
+        assert RunConfig.model_validate(configs[run.run_name]) == run

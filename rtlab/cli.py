@@ -1,7 +1,8 @@
-"""The `rtlab` command line: thin Typer commands over spec, plan, sweep, track and report.
+"""The `rtlab` command line: wiring only. Each command parses its arguments, calls one function of
+a lower layer (spec, plan, sweep, report, reproduce, data) and renders what it returns.
 
-Heavy libraries (torch, MLflow, Optuna) are imported inside the commands that need them, so
-`rtlab --help` and `rtlab validate` answer at once. Bad input ends in one readable line per
+Heavy libraries (torch, MLflow, Optuna, pandas) are imported inside the commands that need them,
+so `rtlab --help` and `rtlab validate` answer at once. Bad input ends in one readable line per
 problem on stderr and exit code 2, before any store is touched.
 """
 
@@ -12,7 +13,9 @@ import time
 STARTED_AT = time.perf_counter()  # `rtlab run` measures its wall time from here
 
 import importlib  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, NoReturn  # noqa: E402
@@ -20,8 +23,43 @@ from typing import Annotated, Any, NoReturn  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+
+class LazyTyper(TyperGroup):
+    """A Typer sub-app imported when it runs, not when `rtlab --help` lists it.
+
+    `rtlab data` is `rtlab.data.commands.data_app`, whose import pulls in torch; `app.add_typer`
+    would import it with the CLI. Its own commands, help and exit codes are used as they are.
+    """
+
+    def __init__(self, name: str, target: str, help_text: str) -> None:
+        super().__init__(name=name, help=help_text, no_args_is_help=True)
+        self.target = target  # "module:attribute"
+
+    def _group(self) -> TyperGroup:
+        module, attribute = self.target.split(":")
+        return typer.main.get_group(getattr(importlib.import_module(module), attribute))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return self._group().list_commands(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return self._group().get_command(ctx, cmd_name)
+
+
+class Commands(TyperGroup):
+    """rtlab's commands: the `@app.command()`s below, and `data`."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_command(LazyTyper("data", "rtlab.data.commands:data_app",
+                                   "Prepare and inspect datasets."))
+
 
 app = typer.Typer(
+    cls=Commands,
+    name="rtlab",
     help="rtlab: a reproducible lab for reasoning tokens and myopic training in GPTs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -143,12 +181,12 @@ def run(
 
 def show_plan(prepared: Any, tracking_uri: str | None) -> None:
     from rtlab.plan import plan_table
-    from rtlab.track import read_experiment_runs, resolve_tracking_uri
+    from rtlab.report.status import stored_states
+    from rtlab.track import resolve_tracking_uri
 
-    runs = read_experiment_runs(prepared.spec.name, resolve_tracking_uri(tracking_uri))
-    status = {h: r.info.status for h, r in runs.items()}
-    table = Table(title=f"{prepared.spec.name}: {len(prepared.plans)} runs (dry run)")
-    rows = plan_table(prepared.plans, status)
+    states = stored_states(prepared.spec.name, resolve_tracking_uri(tracking_uri))
+    table = Table(title=f"{prepared.spec.name}: {len(prepared.runs)} runs (dry run)")
+    rows = plan_table(prepared.runs, states)
     for column in ("run", "arm", "grid_point", "seed", "config_hash", "status"):
         table.add_column(column)
     for row in rows:
@@ -161,41 +199,33 @@ def show_plan(prepared: Any, tracking_uri: str | None) -> None:
 
 
 def show_summary(summary: Any, prepared: Any) -> None:
-    import statistics
+    """What this sweep did (rtlab.sweep.SweepSummary), then every finished seed by config."""
+    from rtlab.report.status import final_val_loss_by_config
 
-    ended = [o for o in summary.outcomes if o.get("type") == "end"]
-    if ended:
+    if summary.ran:
         table = Table(title=f"{summary.experiment}: this sweep")
         for column in ("run", "status", "final val loss", "note"):
             table.add_column(column)
-        for outcome in ended:
-            value = outcome.get("final_val_loss")
-            table.add_row(outcome["run_name"], outcome["status"],
+        for outcome in summary.ran:
+            value = outcome.final_val_loss
+            table.add_row(outcome.run_name, outcome.status,
                           f"{value:.4f}" if value is not None else "",
-                          outcome.get("failure_reason") or "")
+                          outcome.failure_reason or "")
         console.print(table)
-    from rtlab.plan.expand import grid_labels
-    from rtlab.track import read_experiment_runs
-
-    runs = read_experiment_runs(summary.experiment, summary.tracking_uri)
-    # One row per (arm, grid point): the seeds of one configuration.
-    by_config: dict[tuple[str, str], list[float]] = {}
-    for plan in prepared.plans:
-        run = runs.get(plan.config_hash)
-        if run is not None and run.info.status == "FINISHED":
-            value = run.data.metrics.get("final_val_loss")
-            if value is not None:
-                labels = grid_labels(plan.grid_point)
-                point = ", ".join(f"{labels[key]}={val}" for key, val in plan.grid_point.items())
-                by_config.setdefault((plan.arm, point), []).append(value)
-    if by_config:
+    results = final_val_loss_by_config(prepared.runs, summary.experiment, summary.tracking_uri)
+    if results:
         table = Table(title="final val loss by arm (all finished seeds)")
         for column in ("arm", "grid point", "seeds", "mean", "sd"):
             table.add_column(column)
-        for (arm, point), values in by_config.items():
-            sd = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "—"
-            table.add_row(arm, point, str(len(values)), f"{statistics.fmean(values):.4f}", sd)
+        for result in results:
+            sd = f"{result.sd:.4f}" if result.sd is not None else "—"
+            table.add_row(result.arm, result.grid_point, str(len(result.values)),
+                          f"{result.mean:.4f}", sd)
         console.print(table)
+    show_timing(summary)
+
+
+def show_timing(summary: Any) -> None:
     shares = summary.shares()
     console.print(
         f"{summary.queued} run(s) queued, {summary.already_finished} already finished · "
@@ -254,64 +284,27 @@ def check(file: SpecFile, set_: SetOption = None) -> None:
 @app.command()
 def status(file: SpecFile, set_: SetOption = None, tracking_uri: TrackingOption = None) -> None:
     """Table of the experiment's runs: state, arm, seed, step, losses."""
-    from mlflow import MlflowClient
-
-    from rtlab.track import read_experiment_runs, resolve_tracking_uri
+    from rtlab.report.status import run_states
+    from rtlab.track import resolve_tracking_uri
 
     prepared = prepare_or_exit(file, set_)
-    uri = resolve_tracking_uri(tracking_uri)
-    runs = read_experiment_runs(prepared.spec.name, uri)
-    queued = queued_hashes(prepared.spec.name)
-    client = MlflowClient(uri) if runs else None
-    table = Table(title=f"{prepared.spec.name}: {len(prepared.plans)} runs")
+    states = run_states(prepared.runs, prepared.spec.name, resolve_tracking_uri(tracking_uri))
+    table = Table(title=f"{prepared.spec.name}: {len(prepared.runs)} runs")
     for column in ("state", "run", "arm", "seed", "step", "train loss", "val loss", "best val",
                    "config hash"):
         table.add_column(column)
-    for plan in prepared.plans:
-        run = runs.get(plan.config_hash)
-        state, step, metrics = ("queued" if plan.config_hash in queued else "pending"), "", {}
-        if run is not None and client is not None:
-            state, metrics = run.info.status, run.data.metrics
-            step = str(last_step(client, run.info.run_id, metrics))
-        max_iters = plan.config["train"]["max_iters"]
+    for state in states:
+        run = state.run
         table.add_row(
-            state, plan.run_name, plan.arm, str(plan.seed),
-            f"{step}/{max_iters}" if step else f"0/{max_iters}",
-            fmt(metrics.get("train_loss")), fmt(metrics.get("val_loss")),
-            fmt(metrics.get("best_val_loss")), plan.config_hash,
+            state.state, run.run_name, run.arm, str(run.seed),
+            f"{state.step}/{run.train.max_iters}",
+            fmt(state.train_loss), fmt(state.val_loss), fmt(state.best_val_loss), run.config_hash,
         )
     console.print(table)
 
 
 def fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def last_step(client: Any, run_id: str, metrics: dict[str, float]) -> int:
-    for key in ("batch_loss", "train_loss", "tokens_seen"):
-        if key in metrics:
-            history = client.get_metric_history(run_id, key)
-            if history:
-                return max(m.step for m in history)
-    return 0
-
-
-def queued_hashes(experiment: str) -> set[str]:
-    """Hashes WAITING in the experiment's local queue, if it exists (never creates it)."""
-    from rtlab.sweep.queue import default_storage_url, experiment_state_dir
-
-    state_dir = experiment_state_dir(experiment)
-    if not (state_dir / "optuna.db").exists():
-        return set()
-    from optuna.trial import TrialState
-
-    from rtlab.sweep.queue import load_study, queued_hash
-
-    try:
-        study = load_study(default_storage_url(state_dir), experiment)
-    except KeyError:
-        return set()
-    return {h for t in study.get_trials(states=(TrialState.WAITING,)) if (h := queued_hash(t))}
 
 
 @app.command()
@@ -396,38 +389,133 @@ def worker(
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands of other parts. They are imported only when invoked: `rtlab report` pulls in pandas,
-# scipy and matplotlib, which `rtlab run` does not need.
+# report, reproduce
 
 
-def _mount(name: str, module: str, attribute: str, help_text: str) -> None:
-    """`rtlab NAME ...` imports `module.attribute` (a command function or a Typer app) and hands
-    it the rest of the command line, --help included."""
+@app.command()
+def report(
+    spec: Annotated[Path | None, typer.Argument(
+        help="Experiment YAML; its name selects the MLflow experiment.")] = None,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment", "-e", help="Experiment name (instead of a YAML).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="MLflow store; default: $MLFLOW_TRACKING_URI or "
+        "sqlite:///mlflow.db.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Reports folder.")] = Path("reports"),
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", help="Arm to compare against (default: inferred).")] = None,
+    log_artifacts: Annotated[bool, typer.Option(
+        "--log-artifacts/--no-log-artifacts",
+        help="Also log the report as artifacts of the experiment's parent run.")] = True,
+) -> None:
+    """Write reports/<experiment>/: figures, tables, claims check, report.md and report.html."""
+    if spec is None and experiment is None:
+        fail("error: give EXPERIMENT.yaml or --experiment NAME")
+    from rtlab.report import ReportError, build_report
 
-    @app.command(
-        name,
-        help=help_text,
-        add_help_option=False,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    try:
+        result = build_report(experiment, tracking_uri, out, spec_path=spec,
+                              log_to_mlflow=log_artifacts, baseline_arm=baseline)
+    except ReportError as error:
+        fail(f"error: {error}")
+    for message in result.messages:
+        typer.echo(f"note: {message}", err=True)
+    for verdict in result.claims:
+        typer.echo(f"claim {verdict.claim.get('arm')} vs {verdict.claim.get('baseline_arm')}: "
+                   f"{verdict.verdict}")
+    logged = f"; logged to run {result.logged_to_run}" if result.logged_to_run else ""
+    typer.echo(
+        f"report: {result.report_html} ({result.n_included}/{result.n_runs} runs in aggregates, "
+        f"baseline {result.baseline_arm}, {result.seconds['total']:.1f} s{logged})"
     )
-    def forward(ctx: typer.Context) -> None:
-        try:
-            target = getattr(importlib.import_module(module), attribute)
-        except ImportError as error:  # a broken install: one line, not a traceback
-            fail(f"rtlab {name}: cannot import {module}: {error}", 1)
-        if not isinstance(target, typer.Typer):
-            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-            single.command()(target)
-            target = single
-        command = typer.main.get_command(target)
-        command.main(args=list(ctx.args), prog_name=f"rtlab {name}", standalone_mode=True)
 
 
-_mount("data", "rtlab.data.commands", "data_app", "Prepare and inspect datasets.")
-_mount("report", "rtlab.report.commands", "report_command",
-       "Write reports/<experiment>/: figures, tables, claims check, report.md and report.html.")
-_mount("reproduce", "rtlab.reproduce", "reproduce_command",
-       "Rerun a reported study into a fresh store and compare its final metrics with the report.")
+@app.command()
+def reproduce(
+    report_dir: Annotated[Path, typer.Argument(
+        help="Report folder (reports/<experiment>) holding manifest.json.")],
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance",
+        help="Largest absolute loss difference still counted as reproduced (default 0: "
+        "bit for bit, as CPU runs are). Token and FLOP counts must always be equal.")] = 0.0,
+    workdir: Annotated[Path | None, typer.Option(
+        "--workdir",
+        help="Fresh folder for the rerun's store and state (kept); default: a temporary "
+        "folder, removed afterwards unless --keep.")] = None,
+    spec: Annotated[Path | None, typer.Option(
+        "--spec", help="Rerun this YAML instead of the spec text the report recorded (with "
+        "the --set overrides it recorded).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Passed to `rtlab run --workers`.")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary working folder.")
+                    ] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the comparison as JSON here.")] = None,
+) -> None:
+    """Rerun a reported study into a fresh store and compare its final metrics with the report."""
+    from rtlab.reproduce import DIFFERS, MISSING, ReproduceError, reproduce_study
+
+    try:
+        result = reproduce_study(report_dir, tolerance=tolerance, workdir=workdir, spec=spec,
+                                 workers=workers, keep=keep,
+                                 say=lambda line: typer.echo(line, err=True))
+    except ReproduceError as error:
+        fail(f"error: {error}")
+    show_comparison(result.comparison, result.versions)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.comparison.to_json(), indent=2) + "\n")
+    if result.comparison.verdict in (DIFFERS, MISSING):
+        raise typer.Exit(1)
+
+
+def show_comparison(comparison: Any, versions: list[tuple[str, str | None, str | None]]) -> None:
+    """Versions recorded vs now, then recorded vs reproduced, metric by metric, run by run."""
+    from rtlab.reproduce import DIFFERS, IDENTICAL, MISSING, VERDICT_ORDER, WITHIN
+
+    wide = Console(width=max(120, shutil.get_terminal_size((120, 24)).columns))
+    header = Table(title="versions", show_edge=False)
+    for column in ("", "recorded", "reproduced"):
+        header.add_column(column)
+    for name, recorded, current in versions:
+        header.add_row(name, str(recorded), str(current),
+                       style="" if recorded == current else "yellow")
+    wide.print(header)
+    table = Table(title=f"rtlab reproduce: {comparison.experiment}")
+    for column in ("run", "config hash", "metric", "recorded", "reproduced", "diff", "verdict"):
+        table.add_column(column, no_wrap=column != "run")
+    colours = {IDENTICAL: "green", WITHIN: "cyan", DIFFERS: "red", MISSING: "red"}
+    for row in comparison.runs:
+        label = f"{row.run_name} ({row.arm}, seed {row.seed})"
+        if not row.metrics:
+            table.add_row(label, row.config_hash, "-", "-", "-", "-", row.verdict, style="red")
+            if row.note:
+                table.add_row("", "", row.note, "", "", "", "")
+            continue
+        for index, metric in enumerate(row.metrics):
+            diff = "" if metric.difference in (None, 0.0) else f"{metric.difference:+.3g}"
+            table.add_row(label if index == 0 else "", row.config_hash if index == 0 else "",
+                          metric.metric, _number_text(metric.recorded, metric.metric),
+                          _number_text(metric.reproduced, metric.metric), diff,
+                          f"[{colours[metric.verdict]}]{metric.verdict}[/]")
+        if row.note:
+            table.add_row("", "", row.note, "", "", "", f"[red]{DIFFERS}[/]")
+        table.add_section()
+    wide.print(table)
+    counts = {v: sum(row.verdict == v for row in comparison.runs) for v in VERDICT_ORDER}
+    wide.print(f"runs: {', '.join(f'{n} {v}' for v, n in counts.items() if n) or 'none'}")
+    tolerance = f" (tolerance {comparison.tolerance:g})" if comparison.tolerance else ""
+    # One plain line for scripts: `grep '^verdict: identical'`.
+    print(f"verdict: {comparison.verdict}{tolerance}", flush=True)
+
+
+def _number_text(value: float | None, metric: str) -> str:
+    from rtlab.reproduce import COUNT_METRICS
+
+    if value is None:
+        return "-"
+    if metric in COUNT_METRICS and value.is_integer():
+        return f"{value:.0f}"  # every digit: a count off by one must show
+    return repr(value)  # the shortest text that round-trips: shows bit-level differences
 
 
 def main() -> None:  # `python -m rtlab.cli`

@@ -1,16 +1,18 @@
 """`rtlab reproduce reports/<experiment>`: rerun a reported study and check its numbers.
 
-The report's manifest.json records the spec text, the versions, and each run's config hash and
-final metrics. This command reruns the study with `rtlab run` in a subprocess, into a fresh
+The report's manifest.json records the spec text, the `--set` overrides the study was run with,
+the versions, and each run's config hash, resolved config and final metrics. `reproduce_study`
+reruns the study with `rtlab run` (same spec text, same overrides) in a subprocess, into a fresh
 MLflow store and rtlab state in a temporary (or given) working directory, reads the reproduced
-final metrics back from that store, and prints recorded vs reproduced side by side, run by run
-(matched by config hash), with a verdict:
+final metrics back from that store, and compares recorded with reproduced run by run (matched by
+config hash), with a verdict:
 
 - identical: every compared number is bit for bit the same (what CPU runs give);
 - within tolerance: every loss differs by at most --tolerance (absolute), counts are equal;
 - differs: something is further apart, a run is missing, or a status changed (exit code 1).
 
-Registered by rtlab/cli.py as `app.command("reproduce")(reproduce_command)`.
+`rtlab reproduce` (rtlab/cli.py) parses its options, calls `reproduce_study` and renders the
+comparison.
 """
 
 from __future__ import annotations
@@ -23,16 +25,25 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from rtlab.config import RunConfig
+from rtlab.plan import flatten_config
+from rtlab.track.names import (
+    BEST_VAL_LOSS,
+    FINAL_TRAIN_LOSS,
+    FINAL_VAL_LOSS,
+    FLOPS_SEEN,
+    TOKENS_SEEN,
+)
 
 # Losses may move by float noise on other hardware: compared against --tolerance.
-LOSS_METRICS = ("final_train_loss", "final_val_loss", "best_val_loss")
+LOSS_METRICS = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, BEST_VAL_LOSS)
 # Counts follow from the config alone: any difference means a different study.
-COUNT_METRICS = ("tokens_seen", "flops_seen")
+COUNT_METRICS = (TOKENS_SEEN, FLOPS_SEEN)
 COMPARED_METRICS = LOSS_METRICS + COUNT_METRICS
 
 IDENTICAL = "identical"
@@ -43,6 +54,7 @@ MISSING = "missing"
 VERDICT_ORDER = (MISSING, DIFFERS, WITHIN, IDENTICAL)
 # Files in a working directory that mean it already holds a store: not fresh.
 STATE_ENTRIES = ("mlflow.db", "mlruns", "mlartifacts", ".rtlab")
+VERSION_KEYS = ("rtlab_version", "python", "torch", "git_commit", "git_dirty")
 
 
 class ReproduceError(ValueError):
@@ -50,7 +62,7 @@ class ReproduceError(ValueError):
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunResult:
     """One run's identity and final numbers, from a manifest or from a store."""
 
     config_hash: str
@@ -59,6 +71,7 @@ class RunRecord:
     seed: int | None
     status: str
     metrics: dict[str, float | None]
+    config: RunConfig | None = None  # the resolved config; None where not recorded
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,8 @@ class Manifest:
     spec_path: str | None
     spec_text: str | None
     versions: dict[str, str | None]
-    runs: list[RunRecord]
+    runs: list[RunResult]
+    overrides: tuple[str, ...] | None = None  # `rtlab run --set`; None: not recorded
 
 
 @dataclass
@@ -103,6 +117,12 @@ class Comparison:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Reproduction:
+    comparison: Comparison
+    versions: list[tuple[str, str | None, str | None]]  # (name, recorded, now)
+
+
 # ---- reading ---------------------------------------------------------------------------------
 
 
@@ -120,6 +140,25 @@ def _number(value: Any) -> float | None:
 def load_manifest(report_dir: Path) -> Manifest:
     """Read reports/<experiment>/manifest.json; ReproduceError names the file and key."""
     path = report_dir if report_dir.suffix == ".json" else report_dir / "manifest.json"
+    data = _read_json(path)
+    experiment = data.get("experiment")
+    if not isinstance(experiment, str) or not experiment:
+        raise ReproduceError(f"{path}: key 'experiment': missing or not a string")
+    spec_text = data.get("spec_text")
+    spec_path = data.get("spec_path")
+    return Manifest(
+        experiment=experiment,
+        spec_path=spec_path if isinstance(spec_path, str) else None,
+        spec_text=spec_text if isinstance(spec_text, str) and spec_text.strip() else None,
+        versions={
+            key: (str(data[key]) if data.get(key) is not None else None) for key in VERSION_KEYS
+        },
+        runs=_recorded_runs(path, data.get("runs")),
+        overrides=_recorded_overrides(path, data.get("overrides")),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ReproduceError(f"{path}: not found (give a report folder written by rtlab report)")
     try:
@@ -132,67 +171,70 @@ def load_manifest(report_dir: Path) -> Manifest:
         raise ReproduceError(f"{path}: cannot read: {error}") from None
     if not isinstance(data, dict):
         raise ReproduceError(f"{path}: expected a JSON object at the top level")
-    experiment = data.get("experiment")
-    if not isinstance(experiment, str) or not experiment:
-        raise ReproduceError(f"{path}: key 'experiment': missing or not a string")
-    raw_runs = data.get("runs")
+    return data
+
+
+def _recorded_runs(path: Path, raw_runs: Any) -> list[RunResult]:
     if not isinstance(raw_runs, list):
         raise ReproduceError(f"{path}: key 'runs': missing or not a list")
-    runs = []
-    for index, raw in enumerate(raw_runs):
-        where = f"{path}: key 'runs[{index}]"
-        if not isinstance(raw, dict):
-            raise ReproduceError(f"{where}': expected an object")
-        config_hash = raw.get("config_hash")
-        if not isinstance(config_hash, str) or not config_hash:
-            raise ReproduceError(f"{where}.config_hash': missing or not a string")
-        seed = raw.get("seed")
-        runs.append(
-            RunRecord(
-                config_hash=config_hash,
-                run_name=str(raw.get("run_name") or config_hash),
-                arm=str(raw.get("arm") or "?"),
-                seed=seed if isinstance(seed, int) else None,
-                status=str(raw.get("status") or "FINISHED"),
-                metrics={key: _number(raw.get(key)) for key in COMPARED_METRICS},
-            )
-        )
+    runs = [_recorded_run(f"{path}: key 'runs[{index}]", raw)
+            for index, raw in enumerate(raw_runs)]
     hashes = [run.config_hash for run in runs]
     duplicates = sorted({h for h in hashes if hashes.count(h) > 1})
     if duplicates:
         raise ReproduceError(f"{path}: key 'runs': config hash repeated: {', '.join(duplicates)}")
-    spec_text = data.get("spec_text")
-    spec_path = data.get("spec_path")
-    return Manifest(
-        experiment=experiment,
-        spec_path=spec_path if isinstance(spec_path, str) else None,
-        spec_text=spec_text if isinstance(spec_text, str) and spec_text.strip() else None,
-        versions={
-            key: (str(data[key]) if data.get(key) is not None else None)
-            for key in ("rtlab_version", "python", "torch", "git_commit", "git_dirty")
-        },
-        runs=runs,
+    return runs
+
+
+def _recorded_run(where: str, raw: Any) -> RunResult:
+    if not isinstance(raw, dict):
+        raise ReproduceError(f"{where}': expected an object")
+    config_hash = raw.get("config_hash")
+    if not isinstance(config_hash, str) or not config_hash:
+        raise ReproduceError(f"{where}.config_hash': missing or not a string")
+    seed = raw.get("seed")
+    config = None
+    if isinstance(raw.get("config"), dict):
+        try:
+            config = RunConfig.model_validate(raw["config"])
+        except ValueError:  # written by an rtlab whose config differs: compared without it
+            config = None
+    return RunResult(
+        config_hash=config_hash,
+        run_name=str(raw.get("run_name") or config_hash),
+        arm=str(raw.get("arm") or "?"),
+        seed=seed if isinstance(seed, int) else None,
+        status=str(raw.get("status") or "FINISHED"),
+        metrics={key: _number(raw.get(key)) for key in COMPARED_METRICS},
+        config=config,
     )
 
 
-def read_store_runs(tracking_uri: str, experiment: str) -> dict[str, RunRecord]:
+def _recorded_overrides(path: Path, raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ReproduceError(f"{path}: key 'overrides': expected a list of strings")
+    return tuple(raw)
+
+
+def read_store_runs(tracking_uri: str, experiment: str) -> dict[str, RunResult]:
     """Child runs of `experiment` in the store, by config hash, picked as the report picks them
     (rtlab.track: a FINISHED run wins; among several, the latest)."""
-    from rtlab.track import read_experiment_runs  # late: MLflow is heavy for `rtlab --help`
+    from rtlab.track.records import read_runs_by_hash, run_config
 
-    by_hash: dict[str, RunRecord] = {}
-    for config_hash, run in read_experiment_runs(experiment, tracking_uri).items():
-        tags = run.data.tags
-        seed = tags.get("rtlab.seed")
-        by_hash[config_hash] = RunRecord(
+    return {
+        config_hash: RunResult(
             config_hash=config_hash,
-            run_name=run.info.run_name or config_hash,
-            arm=tags.get("rtlab.arm", "?"),
-            seed=int(seed) if seed and seed.lstrip("-").isdigit() else None,
-            status=run.info.status,
-            metrics={key: _number(run.data.metrics.get(key)) for key in COMPARED_METRICS},
+            run_name=run.name,
+            arm=run.arm or "?",
+            seed=run.seed,
+            status=run.status,
+            metrics={key: _number(run.metrics.get(key)) for key in COMPARED_METRICS},
+            config=run_config(run, experiment),
         )
-    return by_hash
+        for config_hash, run in read_runs_by_hash(experiment, tracking_uri).items()
+    }
 
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -219,42 +261,25 @@ def worst(verdicts: list[str]) -> str:
     return min(verdicts, key=VERDICT_ORDER.index) if verdicts else IDENTICAL
 
 
+def check_tolerance(tolerance: float) -> None:
+    if tolerance < 0 or not math.isfinite(tolerance):
+        raise ReproduceError(f"--tolerance must be a finite number >= 0, got {tolerance}")
+
+
 def compare_runs(
     experiment: str,
-    recorded: list[RunRecord],
-    reproduced: dict[str, RunRecord],
+    recorded: list[RunResult],
+    reproduced: dict[str, RunResult],
     tolerance: float,
 ) -> Comparison:
     """Match runs by config hash and grade each compared metric."""
-    if tolerance < 0 or not math.isfinite(tolerance):
-        raise ReproduceError(f"--tolerance must be a finite number >= 0, got {tolerance}")
-    rows = []
-    for record in sorted(recorded, key=lambda run: (run.run_name, run.config_hash)):
-        again = reproduced.get(record.config_hash)
-        row = RunComparison(
-            config_hash=record.config_hash,
-            run_name=record.run_name,
-            arm=record.arm,
-            seed=record.seed,
-            recorded_status=record.status,
-            reproduced_status=again.status if again else None,
-            verdict=MISSING,
-        )
-        if again is None:
-            row.note = "no reproduced run with this config hash"
-        else:
-            row.metrics = [
-                compare_metric(
-                    metric, record.metrics.get(metric), again.metrics.get(metric), tolerance
-                )
-                for metric in COMPARED_METRICS
-            ]
-            verdicts = [m.verdict for m in row.metrics]
-            if record.status != again.status:
-                verdicts.append(DIFFERS)
-                row.note = f"status {record.status} -> {again.status}"
-            row.verdict = worst(verdicts)
-        rows.append(row)
+    check_tolerance(tolerance)
+    by_name = {run.run_name: run for run in reproduced.values()}
+    rows = [
+        _compare_run(record, reproduced.get(record.config_hash), by_name.get(record.run_name),
+                     tolerance)
+        for record in sorted(recorded, key=lambda run: (run.run_name, run.config_hash))
+    ]
     recorded_hashes = {record.config_hash for record in recorded}
     for config_hash, again in sorted(reproduced.items()):
         if config_hash not in recorded_hashes:
@@ -275,62 +300,47 @@ def compare_runs(
     return Comparison(experiment, tolerance, overall, rows)
 
 
-# ---- showing ---------------------------------------------------------------------------------
+def _compare_run(
+    record: RunResult, again: RunResult | None, namesake: RunResult | None, tolerance: float
+) -> RunComparison:
+    """One recorded run against its rerun (same config hash); `namesake` is the rerun's run of
+    the same name, whose config says why the hashes differ when there is no rerun."""
+    row = RunComparison(
+        config_hash=record.config_hash,
+        run_name=record.run_name,
+        arm=record.arm,
+        seed=record.seed,
+        recorded_status=record.status,
+        reproduced_status=again.status if again else None,
+        verdict=MISSING,
+    )
+    if again is None:
+        row.note = "no reproduced run with this config hash"
+        changed = config_changes(record.config, namesake.config if namesake else None)
+        if changed:
+            row.note += f"; the rerun's {record.run_name} has {changed}"
+        return row
+    row.metrics = [
+        compare_metric(metric, record.metrics.get(metric), again.metrics.get(metric), tolerance)
+        for metric in COMPARED_METRICS
+    ]
+    verdicts = [m.verdict for m in row.metrics]
+    if record.status != again.status:
+        verdicts.append(DIFFERS)
+        row.note = f"status {record.status} -> {again.status}"
+    row.verdict = worst(verdicts)
+    return row
 
 
-def _format(value: float | None, metric: str) -> str:
-    if value is None:
-        return "-"
-    if metric in COUNT_METRICS and value.is_integer():
-        return f"{value:.0f}"  # every digit: a count off by one must show
-    return repr(value)  # the shortest text that round-trips: shows bit-level differences
-
-
-def render(comparison: Comparison, versions: list[tuple[str, str | None, str | None]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(120, shutil.get_terminal_size((120, 24)).columns))
-    header = Table(title="versions", show_edge=False)
-    for column in ("", "recorded", "reproduced"):
-        header.add_column(column)
-    for name, recorded, current in versions:
-        style = "" if recorded == current else "yellow"
-        header.add_row(name, str(recorded), str(current), style=style)
-    console.print(header)
-
-    table = Table(title=f"rtlab reproduce: {comparison.experiment}")
-    for column in ("run", "config hash", "metric", "recorded", "reproduced", "diff", "verdict"):
-        table.add_column(column, no_wrap=column != "run")
-    colours = {IDENTICAL: "green", WITHIN: "cyan", DIFFERS: "red", MISSING: "red"}
-    for row in comparison.runs:
-        label = f"{row.run_name} ({row.arm}, seed {row.seed})"
-        if not row.metrics:
-            table.add_row(label, row.config_hash, "-", "-", "-", "-", row.verdict, style="red")
-            if row.note:
-                table.add_row("", "", row.note, "", "", "", "")
-            continue
-        for index, metric in enumerate(row.metrics):
-            diff = "" if metric.difference in (None, 0.0) else f"{metric.difference:+.3g}"
-            table.add_row(
-                label if index == 0 else "",
-                row.config_hash if index == 0 else "",
-                metric.metric,
-                _format(metric.recorded, metric.metric),
-                _format(metric.reproduced, metric.metric),
-                diff,
-                f"[{colours[metric.verdict]}]{metric.verdict}[/]",
-            )
-        if row.note:
-            table.add_row("", "", row.note, "", "", "", f"[red]{DIFFERS}[/]")
-        table.add_section()
-    console.print(table)
-    counts = {v: sum(row.verdict == v for row in comparison.runs) for v in VERDICT_ORDER}
-    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    tolerance = f" (tolerance {comparison.tolerance:g})" if comparison.tolerance else ""
-    console.print(f"runs: {summary or 'none'}")
-    # One plain line for scripts: `grep '^verdict: identical'`.
-    print(f"verdict: {comparison.verdict}{tolerance}", flush=True)
+def config_changes(recorded: RunConfig | None, rerun: RunConfig | None, limit: int = 3) -> str:
+    """'model.n_layer 2 (recorded 1), ...': where two resolved configs differ; '' when either is
+    unknown or they agree."""
+    if recorded is None or rerun is None:
+        return ""
+    before, after = flatten_config(recorded.sections()), flatten_config(rerun.sections())
+    keys = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+    text = ", ".join(f"{k} {after.get(k)!r} (recorded {before.get(k)!r})" for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def current_versions() -> dict[str, str | None]:
@@ -388,97 +398,74 @@ def write_spec(manifest: Manifest, spec: Path | None, workdir: Path) -> Path:
     return path
 
 
-def rerun_study(spec_file: Path, workdir: Path, tracking_uri: str, workers: int | None) -> int:
-    """`rtlab run SPEC` in a subprocess (its own process, like a user's), in `workdir`."""
+def rerun_study(
+    spec_file: Path, overrides: tuple[str, ...], workdir: Path, tracking_uri: str,
+    workers: int | None,
+) -> int:
+    """`rtlab run SPEC --set ...` in a subprocess (its own process, like a user's), in
+    `workdir`; returns its exit code."""
     command = [sys.executable, "-c", "from rtlab.cli import app; app(prog_name='rtlab')"]
     command += ["run", str(spec_file)]
+    for override in overrides:
+        command += ["--set", override]
     if workers is not None:
         command += ["--workers", str(workers)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     return subprocess.run(command, cwd=workdir, env=env, check=False).returncode
 
 
-# ---- the command -----------------------------------------------------------------------------
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def reproduce_command(
-    report_dir: Annotated[
-        Path, typer.Argument(help="Report folder (reports/<experiment>) holding manifest.json.")
-    ],
-    tolerance: Annotated[
-        float,
-        typer.Option(
-            "--tolerance",
-            help="Largest absolute loss difference still counted as reproduced (default 0: "
-            "bit for bit, as CPU runs are). Token and FLOP counts must always be equal.",
-        ),
-    ] = 0.0,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            "--workdir",
-            help="Fresh folder for the rerun's store and state (kept); default: a temporary "
-            "folder, removed afterwards unless --keep.",
-        ),
-    ] = None,
-    spec: Annotated[
-        Path | None,
-        typer.Option(
-            "--spec", help="Rerun this YAML instead of the spec text the report recorded."
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Passed to `rtlab run --workers`.")
-    ] = None,
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Keep the temporary working folder.")
-    ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the comparison as JSON here.")
-    ] = None,
-) -> None:
-    """Rerun a reported study into a fresh store and compare its final metrics with the report."""
+def reproduce_study(
+    report_dir: Path,
+    *,
+    tolerance: float = 0.0,
+    workdir: Path | None = None,
+    spec: Path | None = None,
+    workers: int | None = None,
+    keep: bool = False,
+    say: Callable[[str], None] = _stderr,
+) -> Reproduction:
+    """Rerun the reported study (its spec text, or `spec`, with its recorded overrides) into a
+    fresh store in `workdir` (default: a temporary folder, removed unless `keep`) and compare
+    its runs with the report's. `say` gets progress lines. Raises ReproduceError for bad input
+    and when `rtlab run` rejects the spec."""
+    manifest = load_manifest(report_dir)
+    check_tolerance(tolerance)
+    if workers is not None and workers < 1:
+        raise ReproduceError(f"--workers must be >= 1, got {workers}")
+    work, temporary = prepare_workdir(workdir)
     try:
-        manifest = load_manifest(report_dir)
-        if tolerance < 0 or not math.isfinite(tolerance):
-            raise ReproduceError(f"--tolerance must be a finite number >= 0, got {tolerance}")
-        if workers is not None and workers < 1:
-            raise ReproduceError(f"--workers must be >= 1, got {workers}")
-        work, temporary = prepare_workdir(workdir)
-    except ReproduceError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    try:
-        try:
-            spec_file = write_spec(manifest, spec, work)
-        except ReproduceError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-        tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-        typer.echo(f"reproducing {manifest.experiment!r} from {spec_file} in {work}", err=True)
-        returncode = rerun_study(spec_file, work, tracking_uri, workers)
-        if returncode == 2:
-            typer.echo("error: `rtlab run` rejected the spec (see above)", err=True)
-            raise typer.Exit(2)
-        if returncode != 0:
-            typer.echo(f"note: `rtlab run` exited with {returncode}; comparing what ran", err=True)
-        comparison = compare_runs(
-            manifest.experiment,
-            manifest.runs,
-            read_store_runs(tracking_uri, manifest.experiment),
-            tolerance,
-        )
-        now = current_versions()
-        render(
-            comparison,
-            [(key, manifest.versions.get(key), now.get(key)) for key in now],
-        )
-        if json_out is not None:
-            json_out.write_text(json.dumps(comparison.to_json(), indent=2) + "\n")
+        comparison = _rerun_and_compare(manifest, spec, work, workers, tolerance, say)
     finally:
         if temporary and not keep:
             shutil.rmtree(work, ignore_errors=True)
         elif temporary:
-            typer.echo(f"kept {work}", err=True)
-    if comparison.verdict in (DIFFERS, MISSING):
-        raise typer.Exit(1)
+            say(f"kept {work}")
+    now = current_versions()
+    return Reproduction(comparison, [(key, manifest.versions.get(key), now[key]) for key in now])
+
+
+def _rerun_and_compare(
+    manifest: Manifest, spec: Path | None, work: Path, workers: int | None, tolerance: float,
+    say: Callable[[str], None],
+) -> Comparison:
+    spec_file = write_spec(manifest, spec, work)
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    overrides = manifest.overrides or ()
+    with_sets = "".join(f" --set {override}" for override in overrides)
+    say(f"reproducing {manifest.experiment!r} from {spec_file}{with_sets} in {work}")
+    if manifest.overrides is None:
+        say("note: the report records no --set overrides (made by an older rtlab?): rerunning "
+            "the spec as written")
+    returncode = rerun_study(spec_file, overrides, work, tracking_uri, workers)
+    if returncode == 2:
+        raise ReproduceError("`rtlab run` rejected the spec (see above)")
+    if returncode != 0:
+        say(f"note: `rtlab run` exited with {returncode}; comparing what ran")
+    return compare_runs(
+        manifest.experiment, manifest.runs, read_store_runs(tracking_uri, manifest.experiment),
+        tolerance,
+    )

@@ -1,75 +1,40 @@
-"""`rtlab sample RUN`: text from a run's checkpoint, found through MLflow."""
+"""`rtlab sample RUN`: text from a run's checkpoint, found through the tracking store."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import yaml
+from rtlab.track.names import CHECKPOINT_DIR
+from rtlab.track.records import (
+    RunLookupError,
+    RunRecord,
+    data_config,
+    download_artifact,
+    experiment_name,
+    find_run,
+)
 
 
 class SampleError(ValueError):
     """The run, its checkpoint or its data cannot be found or used (message names which)."""
 
 
-def find_run(client: Any, run_ref: str) -> Any:
-    """A child run by run id, config hash (or its prefix) or run name, in any experiment."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_ref)
-    except MlflowException:
-        pass
-    experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    if not experiment_ids:
-        raise SampleError(f"{run_ref}: no experiments in the store")
-    matches = []
-    for run in client.search_runs(experiment_ids, filter_string="tags.`rtlab.role` = 'child'",
-                                  max_results=50000):
-        tags = run.data.tags
-        if tags.get("rtlab.config_hash", "").startswith(run_ref) or (
-            run.info.run_name == run_ref
-        ):
-            matches.append(run)
-    if not matches:
-        raise SampleError(f"{run_ref}: no run with this id, config hash or run name")
-    if len(matches) > 1:
-        names = ", ".join(f"{r.info.run_name} ({r.info.run_id[:8]})" for r in matches[:5])
-        raise SampleError(f"{run_ref}: ambiguous, matches {names}; give a run id")
-    return matches[0]
-
-
-def data_section_of(client: Any, run: Any) -> dict[str, Any]:
-    """The run's `data:` section, from its params (`data.name`, `data.size`, ...)."""
-    section = {
-        key[len("data."):]: yaml.safe_load(value)
-        for key, value in run.data.params.items()
-        if key.startswith("data.")
-    }
-    if "name" not in section:
-        raise SampleError(f"run {run.info.run_id}: no data.* params (not an rtlab run?)")
-    return section
-
-
-def checkpoint_of(client: Any, run: Any, download_dir: Path) -> Path:
+def checkpoint_of(tracking_uri: str, run: RunRecord, download_dir: Path) -> Path:
     """The logged final checkpoint, else the run directory's latest one (unfinished runs)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return Path(client.download_artifacts(run.info.run_id, "checkpoint/ckpt.pt",
-                                               str(download_dir)))
-    except (MlflowException, OSError):
-        pass
     from rtlab.sweep.queue import experiment_state_dir
+    from rtlab.sweep.worker import run_dir_for
 
-    experiment = client.get_experiment(run.info.experiment_id).name
-    local = experiment_state_dir(experiment) / "runs" / run.data.tags.get(
-        "rtlab.config_hash", "?") / "ckpt.pt"
+    logged = download_artifact(tracking_uri, run.run_id, f"{CHECKPOINT_DIR}/ckpt.pt",
+                               download_dir)
+    if logged is not None:
+        return logged
+    state_dir = experiment_state_dir(experiment_name(tracking_uri, run.experiment_id))
+    local = run_dir_for(state_dir, run.config_hash or "?") / "ckpt.pt"
     if local.exists():
         return local
     raise SampleError(
-        f"run {run.info.run_name} ({run.info.run_id}): no checkpoint (not logged as an artifact, "
+        f"run {run.name} ({run.run_id}): no checkpoint (not logged as an artifact, "
         f"and {local} does not exist)"
     )
 
@@ -84,28 +49,31 @@ def sample_from_run(
     seed: int = 0,
     tracking_uri: str | None = None,
 ) -> str:
+    """`tokens` tokens after `prompt` from the checkpoint of the run `run_ref` names (a run id, a
+    config hash or a prefix of one, or a run name)."""
     import torch
-    from mlflow import MlflowClient
 
     from rtlab.data import DataError, load_data_section
     from rtlab.execute import load_checkpoint
     from rtlab.model import GPT, GPTConfig
-    from rtlab.track import resolve_tracking_uri, store_exists
+    from rtlab.track import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    if not store_exists(uri):
-        raise SampleError(f"no MLflow store at {uri}")
-    client = MlflowClient(uri)
-    run = find_run(client, run_ref)
-    data = data_section_of(client, run)
+    try:
+        run = find_run(uri, run_ref)
+    except RunLookupError as error:
+        raise SampleError(str(error)) from None
+    data = data_config(run)
+    if data is None:
+        raise SampleError(f"run {run.run_id}: no data.* params (not an rtlab run?)")
     try:
         dataset = load_data_section(data)
     except DataError as error:
-        raise SampleError(f"run {run.info.run_name}: data: {error}") from error
+        raise SampleError(f"run {run.name}: data: {error}") from error
     if dataset.task != "lm":
-        raise SampleError(f"run {run.info.run_name}: dataset '{dataset.name}' has no text")
+        raise SampleError(f"run {run.name}: dataset '{dataset.name}' has no text")
     with tempfile.TemporaryDirectory(prefix="rtlab-sample-") as tmp:
-        state = load_checkpoint(checkpoint_of(client, run, Path(tmp)))
+        state = load_checkpoint(checkpoint_of(uri, run, Path(tmp)))
     model = GPT(GPTConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     model.eval()

@@ -5,19 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from rtlab.cli import app
 from rtlab.report import ReportError, build_report
-from rtlab.report.commands import report_command
 from tests.helpers.report_store import Store
-
-
-def cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("report")(report_command)
-    app.command("noop")(lambda: None)  # a second command keeps `report` a subcommand, as in rtlab
-    return app
 
 
 def test_missing_experiment_raises_and_names_what_is_there(store: Store, tmp_path: Path) -> None:
@@ -35,7 +27,7 @@ def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
 
 def test_cli_exits_2_with_one_line_for_a_missing_experiment(store: Store, tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        cli(), ["report", "--experiment", "nope", "--tracking-uri", store.uri,
+        app, ["report", "--experiment", "nope", "--tracking-uri", store.uri,
                 "--out", str(tmp_path)],
     )
     assert result.exit_code == 2
@@ -45,9 +37,9 @@ def test_cli_exits_2_with_one_line_for_a_missing_experiment(store: Store, tmp_pa
 
 
 def test_cli_exits_2_for_a_missing_spec_file_and_for_no_arguments(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli(), ["report", str(tmp_path / "absent.yaml")])
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "absent.yaml")])
     assert result.exit_code == 2 and "absent.yaml: no such spec file" in result.stderr
-    result = CliRunner().invoke(cli(), ["report"])
+    result = CliRunner().invoke(app, ["report"])
     assert result.exit_code == 2 and "--experiment" in result.stderr
 
 
@@ -64,7 +56,7 @@ def test_cli_writes_a_report_without_a_parent_run_and_says_so(
     store: Store, tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(
-        cli(), ["report", "--experiment", "orphans", "--tracking-uri", store.uri,
+        app, ["report", "--experiment", "orphans", "--tracking-uri", store.uri,
                 "--out", str(tmp_path)],
     )
     assert result.exit_code == 0, result.output

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import typer
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from rtlab.reproduce import (
-    IDENTICAL,
-    compare_runs,
-    load_manifest,
-    read_store_runs,
-    reproduce_command,
-)
+from rtlab.cli import app
+from rtlab.reproduce import IDENTICAL, compare_runs, load_manifest, read_store_runs
 from tests.helpers.reproduce import manifest_dict, write_report
-
-
-def command_app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(reproduce_command)
-    return app
 
 
 def log_child(client: MlflowClient, experiment_id: str, parent_id: str, run: dict) -> str:
@@ -70,7 +58,7 @@ def test_store_runs_read_back_identical_to_the_manifest(tmp_path: Path) -> None:
 
 
 def test_missing_manifest_exits_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(command_app(), [str(tmp_path / "reports" / "none")])
+    result = CliRunner().invoke(app, ["reproduce", str(tmp_path / "reports" / "none")])
     assert result.exit_code == 2
     assert "manifest.json: not found" in result.output
 
@@ -80,7 +68,7 @@ def test_non_fresh_workdir_exits_2_and_is_left_alone(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / "mlflow.db").write_text("not empty")
-    result = CliRunner().invoke(command_app(), [str(report_dir), "--workdir", str(workdir)])
+    result = CliRunner().invoke(app, ["reproduce", str(report_dir), "--workdir", str(workdir)])
     assert result.exit_code == 2
     assert "not fresh (holds mlflow.db)" in result.output
     assert (workdir / "mlflow.db").read_text() == "not empty"
@@ -89,7 +77,7 @@ def test_non_fresh_workdir_exits_2_and_is_left_alone(tmp_path: Path) -> None:
 def test_manifest_without_spec_text_exits_2(tmp_path: Path) -> None:
     report_dir = write_report(tmp_path, manifest_dict(spec_text=None))
     workdir = tmp_path / "work"
-    result = CliRunner().invoke(command_app(), [str(report_dir), "--workdir", str(workdir)])
+    result = CliRunner().invoke(app, ["reproduce", str(report_dir), "--workdir", str(workdir)])
     assert result.exit_code == 2
     assert "records no spec_text: pass --spec FILE" in result.output
     assert not (workdir / "mlflow.db").exists()
@@ -97,7 +85,7 @@ def test_manifest_without_spec_text_exits_2(tmp_path: Path) -> None:
 
 def test_bad_tolerance_exits_2(tmp_path: Path) -> None:
     report_dir = write_report(tmp_path, manifest_dict())
-    result = CliRunner().invoke(command_app(), [str(report_dir), "--tolerance", "-0.1"])
+    result = CliRunner().invoke(app, ["reproduce", str(report_dir), "--tolerance", "-0.1"])
     assert result.exit_code == 2
     assert "--tolerance must be a finite number >= 0" in result.output
 

@@ -12,19 +12,19 @@ from rtlab.reproduce import (
     MISSING,
     WITHIN,
     ReproduceError,
-    RunRecord,
+    RunResult,
     compare_runs,
     load_manifest,
 )
 from tests.helpers.reproduce import SPEC_TEXT, manifest_dict, write_report
 
 
-def reproduced_from(manifest_runs: list[RunRecord], **changes: dict) -> dict[str, RunRecord]:
+def reproduced_from(manifest_runs: list[RunResult], **changes: dict) -> dict[str, RunResult]:
     """What a rerun would give: the recorded runs, with `changes[hash]` applied to metrics."""
     out = {}
     for run in manifest_runs:
         metrics = {**run.metrics, **changes.get(run.config_hash, {})}
-        out[run.config_hash] = RunRecord(
+        out[run.config_hash] = RunResult(
             run.config_hash, run.run_name, run.arm, run.seed, run.status, metrics
         )
     return out
@@ -91,7 +91,7 @@ def test_status_change_differs_even_with_equal_numbers(tmp_path: Path) -> None:
     manifest = load_manifest(write_report(tmp_path, manifest_dict()))
     reproduced = reproduced_from(manifest.runs)
     run = reproduced["0123456789ab"]
-    reproduced["0123456789ab"] = RunRecord(
+    reproduced["0123456789ab"] = RunResult(
         run.config_hash, run.run_name, run.arm, run.seed, "FAILED", run.metrics
     )
     comparison = compare_runs("tiny", manifest.runs, reproduced, 0.0)

@@ -69,3 +69,39 @@ def test_run_report_reproduce_is_identical_and_a_nudge_is_caught(tmp_path: Path)
     assert rows[manifest["runs"][1]["config_hash"]]["verdict"] == "identical"
     # --workdir keeps the rerun's store, where the same runs finished again.
     assert count_child_runs(lab / "again" / "mlflow.db") == 2
+
+
+@pytest.mark.slow
+def test_a_study_run_with_set_overrides_reproduces_identical(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    spec = lab / "tiny_study.yaml"
+    spec.write_text(TINY_STUDY.read_text())  # two seeds as written; the overrides make it one
+    sets = ["--set", "seeds=[0]", "--set", "base.train.max_iters=30"]
+    for args in (["run", "--quiet", spec.name, *sets], ["report", spec.name]):
+        done = rtlab(args, lab)
+        assert done.returncode == 0, done.stdout + done.stderr
+    report_dir = lab / "reports" / "tiny_repro"
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert manifest["overrides"] == ["seeds=[0]", "base.train.max_iters=30"]
+    assert len(manifest["runs"]) == 2
+    assert {run["config"]["train"]["max_iters"] for run in manifest["runs"]} == {30}
+
+    # The recorded spec text with the recorded overrides: the same runs, the same bits.
+    spec.unlink()
+    again = rtlab(["reproduce", "reports/tiny_repro", "--json", "again.json"], lab)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "verdict: identical" in again.stdout
+    rows = json.loads((lab / "again.json").read_text())["runs"]
+    assert [row["verdict"] for row in rows] == ["identical", "identical"]
+
+    # Without the max_iters override the rerun trains other configs: each recorded run is
+    # missing, and the note says which setting differs.
+    manifest["overrides"] = ["seeds=[0]"]
+    (report_dir / "manifest.json").write_text(json.dumps(manifest))
+    other = rtlab(["reproduce", "reports/tiny_repro", "--json", "other.json"], lab)
+    assert other.returncode == 1, other.stdout + other.stderr
+    notes = [row["note"] for row in json.loads((lab / "other.json").read_text())["runs"]
+             if row["verdict"] == "missing"]
+    assert len(notes) == 2
+    assert all("train.max_iters 40 (recorded 30)" in note for note in notes)

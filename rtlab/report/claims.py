@@ -152,13 +152,7 @@ def check_claim(
         f" ({float(base_value):g} -> {float(value):g}, {claimed_pct:+.2f}%)"
         if math.isfinite(claimed_pct) else ""
     )
-    compared = (
-        f"relative change of the mean {' and '.join(METRIC_WORDS[c] for c in columns)} of arm "
-        f"{arm!r} over arm {baseline_arm!r}, against the claim that it is {expect}{numbers}; "
-        "absolute losses from the source are not compared (other data, tokenizer, model size)"
-    )
-    if open_metric:
-        compared += "; the claim does not say train or validation loss, so both are checked"
+    compared = _compared(columns, arm, baseline_arm, f"{expect}{numbers}", open_metric)
     if len(kinds) == 1:
         kind = kinds.pop()
     else:
@@ -166,6 +160,20 @@ def check_claim(
         open_part = "train vs validation loss" if open_metric else "the grid point"
         details = f"the answer depends on {open_part}, which the claim leaves open: {details}"
     return verdict(kind, details, compared, readings[0][2])
+
+
+def _compared(
+    columns: list[str], arm: str, baseline_arm: str, claim: str, open_metric: bool
+) -> str:
+    """What a claim was checked against, in words."""
+    compared = (
+        f"relative change of the mean {' and '.join(METRIC_WORDS[c] for c in columns)} of arm "
+        f"{arm!r} over arm {baseline_arm!r}, against the claim that it is {claim}; "
+        "absolute losses from the source are not compared (other data, tokenizer, model size)"
+    )
+    if open_metric:
+        compared += "; the claim does not say train or validation loss, so both are checked"
+    return compared
 
 
 def check_claims(

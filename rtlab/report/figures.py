@@ -18,6 +18,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from rtlab.track.names import (
+    BEST_VAL_LOSS,
+    FINAL_VAL_LOSS,
+    MFU,
+    TOKENS_PER_SEC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
+
 DPI = 150
 BASELINE_COLOUR = "#1a1a1a"
 # Colour-blind-friendly cycle (Okabe-Ito without black).
@@ -73,7 +82,7 @@ class FigureMaker:
         arms: list[str],
         baseline: str | None,
         out_dir: Path,
-        objective: str = "final_val_loss",
+        objective: str = FINAL_VAL_LOSS,
     ) -> None:
         self.runs, self.arms, self.baseline = runs, arms, baseline
         included = set(runs.loc[runs["included"], "run_id"])
@@ -187,7 +196,7 @@ class FigureMaker:
         fig, axes = plt.subplots(2, columns, figsize=(6.4 * columns, 7.6), squeeze=False,
                                  layout="constrained")
         for col, (panel_title, pairs) in enumerate(self.panels):
-            for row, metric in enumerate(("train_loss", "val_loss")):
+            for row, metric in enumerate((TRAIN_LOSS, VAL_LOSS)):
                 ax = axes[row][col]
                 drawn = False
                 for arm, grid in pairs:
@@ -231,7 +240,7 @@ class FigureMaker:
                 ax = axes[row][col]
                 drawn = False
                 for arm, grid in pairs:
-                    drawn |= self._curve(ax, "val_loss", arm, grid, x_axis,
+                    drawn |= self._curve(ax, VAL_LOSS, arm, grid, x_axis,
                                          self._label(arm, grid, len(self.panels) == 1))
                 if drawn:
                     self._focus_loss_axis(ax)
@@ -258,7 +267,7 @@ class FigureMaker:
         fig, axes = plt.subplots(1, 2, figsize=(width, 4.8), layout="constrained")
         included = self.runs[self.runs["included"]]
         for ax, column, title in zip(
-            axes, ("final_val_loss", "best_val_loss"), ("final val loss", "best val loss"),
+            axes, (FINAL_VAL_LOSS, BEST_VAL_LOSS), ("final val loss", "best val loss"),
             strict=True,
         ):
             for group_index, grid in enumerate(groups):
@@ -395,8 +404,8 @@ class FigureMaker:
     # ---- 6 -----------------------------------------------------------------------------
     def throughput(self) -> FigureFile:
         included = self.runs[self.runs["included"]]
-        has_mfu = bool(np.isfinite(included["mfu"].to_numpy(float)).any())
-        panels = [("tokens_per_sec", "tokens / s")] + ([("mfu", "MFU")] if has_mfu else [])
+        has_mfu = bool(np.isfinite(included[MFU].to_numpy(float)).any())
+        panels = [(TOKENS_PER_SEC, "tokens / s")] + ([(MFU, "MFU")] if has_mfu else [])
         fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 1.2 * len(self.arms) + 2)
                                                            * len(panels), 4.4),
                                  squeeze=False, layout="constrained")
@@ -444,8 +453,8 @@ def _gap_history(history: pd.DataFrame) -> pd.DataFrame:
     """val - train at each val step of each run, train interpolated over its logged steps."""
     parts = []
     for _, own in history.groupby("run_id"):
-        val = own[own["metric"] == "val_loss"].sort_values("step")
-        train = own[own["metric"] == "train_loss"].sort_values("step")
+        val = own[own["metric"] == VAL_LOSS].sort_values("step")
+        train = own[own["metric"] == TRAIN_LOSS].sort_values("step")
         if val.empty or train.empty:
             continue
         train_at_val = np.interp(val["step"], train["step"], train["value"])

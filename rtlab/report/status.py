@@ -76,20 +76,15 @@ def run_states(
 
 def queued_hashes(experiment: str) -> set[str]:
     """Hashes WAITING in the experiment's local queue (.rtlab/<experiment>), if it exists."""
-    from rtlab.sweep.queue import default_storage_url, experiment_state_dir
+    from rtlab.sweep.queue import default_storage_url, experiment_state_dir, waiting_hashes
 
     state_dir = experiment_state_dir(experiment)
     if not (state_dir / "optuna.db").exists():
         return set()
-    from optuna.trial import TrialState
-
-    from rtlab.sweep.queue import load_study, queued_hash
-
     try:
-        study = load_study(default_storage_url(state_dir), experiment)
+        return waiting_hashes(default_storage_url(state_dir), experiment)
     except KeyError:
         return set()
-    return {h for t in study.get_trials(states=(TrialState.WAITING,)) if (h := queued_hash(t))}
 
 
 def final_val_loss_by_config(

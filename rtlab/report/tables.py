@@ -12,12 +12,22 @@ import numpy as np
 import pandas as pd
 
 from rtlab.report.stats import Comparison, Summary, summarize, welch
+from rtlab.track.names import (
+    BEST_VAL_LOSS,
+    FINAL_TRAIN_LOSS,
+    FINAL_VAL_LOSS,
+    FLOPS_SEEN,
+    MFU,
+    TOKENS_PER_SEC,
+    TOKENS_SEEN,
+    VAL_LOSS,
+)
 
-LOSS_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss")
+LOSS_COLUMNS = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, BEST_VAL_LOSS)
 LOSS_TITLES = {
-    "final_train_loss": "final train loss",
-    "final_val_loss": "final val loss",
-    "best_val_loss": "best val loss",
+    FINAL_TRAIN_LOSS: "final train loss",
+    FINAL_VAL_LOSS: "final val loss",
+    BEST_VAL_LOSS: "best val loss",
 }
 
 
@@ -78,7 +88,7 @@ def summary_frame(runs: pd.DataFrame, arms: list[str], baseline: str | None) -> 
             if baseline is not None:
                 base = _values(runs, baseline, label, column)
                 row.update(_comparison_fields(column, welch(values, base)))
-        for column in ("tokens_per_sec", "mfu", "flops_per_token", "tokens_seen", "flops_seen"):
+        for column in (TOKENS_PER_SEC, MFU, "flops_per_token", TOKENS_SEEN, FLOPS_SEEN):
             values = _values(runs, arm, label, column)
             values = values[np.isfinite(values)]
             row[f"{column}_mean"] = float(values.mean()) if values.size else math.nan
@@ -95,7 +105,7 @@ def matched_compute_frame(
     runs of their last val step's tokens / FLOPs); each run's val curve is interpolated linearly
     at it. Runs whose first val point lies beyond the budget give no value there.
     """
-    val = history[history["metric"] == "val_loss"]
+    val = history[history["metric"] == VAL_LOSS]
     included_ids = set(runs.loc[runs["included"], "run_id"])
     val = val[val["run_id"].isin(included_ids)]
     rows = []
@@ -122,9 +132,9 @@ def matched_compute_frame(
                     "arm": arm, "grid_point": label, "matched": axis, "budget": budget,
                     "is_baseline": arm == baseline,
                 }
-                row.update(_summary_fields("val_loss", summarize(by_arm[arm])))
+                row.update(_summary_fields(VAL_LOSS, summarize(by_arm[arm])))
                 if baseline is not None and baseline in by_arm:
-                    row.update(_comparison_fields("val_loss", welch(by_arm[arm], by_arm[baseline])))
+                    row.update(_comparison_fields(VAL_LOSS, welch(by_arm[arm], by_arm[baseline])))
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -191,15 +201,15 @@ def summary_markdown_rows(summary: pd.DataFrame, has_grid: bool) -> tuple[list[s
     rows = []
     for _, row in summary.iterrows():
         n_text = f"{row['n']}" + (f" of {row['n_runs']}" if row["n_runs"] != row["n"] else "")
-        absolute, percent, p = fmt_delta(row, "final_val_loss")
+        absolute, percent, p = fmt_delta(row, FINAL_VAL_LOSS)
         rows.append(
             [f"**{row['arm']}**" if row["is_baseline"] else row["arm"]]
             + ([row["grid_point"]] if has_grid else [])
             + [
                 n_text,
-                fmt_mean_ci(row, "final_train_loss"),
-                fmt_mean_ci(row, "final_val_loss"),
-                fmt_mean_ci(row, "best_val_loss"),
+                fmt_mean_ci(row, FINAL_TRAIN_LOSS),
+                fmt_mean_ci(row, FINAL_VAL_LOSS),
+                fmt_mean_ci(row, BEST_VAL_LOSS),
                 absolute, percent, p,
                 fmt_si(row["tokens_per_sec_mean"]),
                 fmt_si(row["flops_per_token_mean"]),
@@ -237,13 +247,13 @@ def matched_markdown_rows(matched: pd.DataFrame, has_grid: bool) -> tuple[list[s
     ]
     rows = []
     for _, row in matched.iterrows():
-        absolute, percent, p = fmt_delta(row, "val_loss")
+        absolute, percent, p = fmt_delta(row, VAL_LOSS)
         rows.append(
             ["tokens" if row["matched"] == "tokens" else "training FLOPs", fmt_si(row["budget"])]
             + ([row["grid_point"]] if has_grid else [])
             + [
                 f"**{row['arm']}**" if row["is_baseline"] else row["arm"],
-                fmt_mean_ci(row, "val_loss"), absolute, percent, p,
+                fmt_mean_ci(row, VAL_LOSS), absolute, percent, p,
             ]
         )
     return header, rows
@@ -265,10 +275,10 @@ def runs_markdown_rows(runs: pd.DataFrame, has_grid: bool) -> tuple[list[str], l
                 "—" if row["seed"] is None or pd.isna(row["seed"]) else int(row["seed"]),
                 status,
                 "yes" if row["included"] else f"no ({row['excluded_because']})",
-                fmt_number(row["final_train_loss"]),
-                fmt_number(row["final_val_loss"]),
-                fmt_number(row["best_val_loss"]),
-                fmt_si(row["tokens_seen"]),
+                fmt_number(row[FINAL_TRAIN_LOSS]),
+                fmt_number(row[FINAL_VAL_LOSS]),
+                fmt_number(row[BEST_VAL_LOSS]),
+                fmt_si(row[TOKENS_SEEN]),
                 row["config_hash"],
             ]
         )

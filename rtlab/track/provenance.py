@@ -10,6 +10,15 @@ from functools import lru_cache
 from pathlib import Path
 
 import rtlab
+from rtlab.track.names import (
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    HOST_TAG,
+    PLATFORM_TAG,
+    PYTHON_TAG,
+    TORCH_TAG,
+    VERSION_TAG,
+)
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -42,11 +51,11 @@ def provenance_tags() -> dict[str, str]:
 
     commit, dirty = git_state()
     return {
-        "rtlab.git_commit": commit or "unknown",
-        "rtlab.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
-        "rtlab.version": rtlab.__version__,
-        "rtlab.python": platform.python_version(),
-        "rtlab.torch": torch.__version__,
-        "rtlab.host": socket.gethostname(),
-        "rtlab.platform": f"{platform.system()}-{platform.machine()}",
+        GIT_COMMIT_TAG: commit or "unknown",
+        GIT_DIRTY_TAG: "unknown" if dirty is None else str(dirty).lower(),
+        VERSION_TAG: rtlab.__version__,
+        PYTHON_TAG: platform.python_version(),
+        TORCH_TAG: torch.__version__,
+        HOST_TAG: socket.gethostname(),
+        PLATFORM_TAG: f"{platform.system()}-{platform.machine()}",
     }

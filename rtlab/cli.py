@@ -398,9 +398,7 @@ def report(
         help="Experiment YAML; its name selects the MLflow experiment.")] = None,
     experiment: Annotated[str | None, typer.Option(
         "--experiment", "-e", help="Experiment name (instead of a YAML).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(
-        "--tracking-uri", help="MLflow store; default: $MLFLOW_TRACKING_URI or "
-        "sqlite:///mlflow.db.")] = None,
+    tracking_uri: TrackingOption = None,
     out: Annotated[Path, typer.Option("--out", help="Reports folder.")] = Path("reports"),
     baseline: Annotated[str | None, typer.Option(
         "--baseline", help="Arm to compare against (default: inferred).")] = None,

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rtlab.config import Sections
+from rtlab.config import ConfirmConfig, SearchConfig, Sections
 from rtlab.spec.errors import Problem, SpecError, did_you_mean
 from rtlab.spec.schema import (
     ANY,
@@ -32,6 +32,12 @@ from rtlab.spec.schema import (
     section_tree,
     spec_tree,
     walk_tree,
+)
+from rtlab.spec.search import (
+    PARAM_FIELDS,
+    check_search_values,
+    check_searched_keys,
+    resolve_search_sections,
 )
 from rtlab.spec.yamlio import KeyPath, Located, display_path, parse_override_value, parse_yaml
 
@@ -54,10 +60,24 @@ class ExperimentSpec:
     path: Path | None = None
     text: str = ""  # the file's text, for the report's manifest
     overrides: tuple[str, ...] = ()
+    # `search:` and `confirm:` (None without a search; with one, confirm is always set and both
+    # have their seeds filled in)
+    search: SearchConfig | None = None
+    confirm: ConfirmConfig | None = None
 
     @property
     def arms(self) -> list[str]:
         return list(self.variants)
+
+    @property
+    def tune_seeds(self) -> list[int]:
+        assert self.search is not None and self.search.seeds is not None
+        return list(self.search.seeds)
+
+    @property
+    def confirm_seeds(self) -> list[int]:
+        assert self.confirm is not None and self.confirm.seeds is not None
+        return list(self.confirm.seeds)
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The Cartesian product of the grid, in file order; [{}] without a grid."""
@@ -65,20 +85,28 @@ class ExperimentSpec:
         products = itertools.product(*self.grid.values())
         return [dict(zip(keys, values, strict=True)) for values in products]
 
-    def merged(self, arm: str, grid_point: dict[str, Any] | None = None) -> dict[str, Any]:
-        """base <- arm override <- grid point, before defaults are filled in."""
+    def merged(
+        self, arm: str, grid_point: dict[str, Any] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """base <- arm override <- grid point [<- searched values], before defaults are filled
+        in."""
         sections = merge_sections(self.base, self.variants[arm])
         for key, value in (grid_point or {}).items():
             if key == "data.name" and value != sections["data"].get("name"):
                 sections["data"] = {}  # another dataset: the options were the other one's
             set_dotted(sections, key.split("."), value)
-        return sections
+        return with_values(sections, values or {})
 
-    def resolve(self, arm: str, grid_point: dict[str, Any] | None = None) -> Sections:
-        """The checked sections (every default filled in) of `arm` at `grid_point`."""
+    def resolve(
+        self, arm: str, grid_point: dict[str, Any] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Sections:
+        """The checked sections (every default filled in) of `arm` at `grid_point`, with the
+        searched keys set to `values` (a trial's)."""
         if arm not in self.variants:
             raise KeyError(f"no arm '{arm}' in experiment '{self.name}'")
-        resolved, issues = check_sections(self.merged(arm, grid_point))
+        resolved, issues = check_sections(self.merged(arm, grid_point, values))
         if resolved is None:  # only reachable with a grid point that the file does not contain
             raise SpecError(
                 Problem(str(self.path or self.name), display_path(i.loc), i.message) for i in issues
@@ -112,6 +140,15 @@ def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
         else:
             merged[section] = deep_merge(base[section], written)
     return merged
+
+
+def with_values(written: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of written sections with dotted keys (`train.learning_rate`) set to values: how a
+    trial's sampled values (or a confirm run's max_iters) enter a config, like a grid point's."""
+    sections = copy.deepcopy(written)
+    for key, value in values.items():
+        set_dotted(sections, key.split("."), value)
+    return sections
 
 
 def set_dotted(target: dict[str, Any], parts: Sequence[str], value: Any) -> None:
@@ -164,10 +201,18 @@ class _Locator:
 
 
 def _override_path(key: str) -> KeyPath:
-    """`base.model.n_layer` -> parts; grid keys keep their dots (`grid.model.n_layer`: 2 parts)."""
+    """`base.model.n_layer` -> parts; grid keys keep their dots (`grid.model.n_layer`: 2 parts),
+    and so do searched keys (`search.params.train.learning_rate.high`: 4 parts)."""
     parts = key.split(".")
     if parts[0] == "grid" and len(parts) > 1:
         return ("grid", ".".join(parts[1:]))
+    if parts[:2] == ["search", "params"] and len(parts) > 2:
+        rest = parts[2:]
+        cut = next((j for j in range(1, len(rest)) if rest[j] in PARAM_FIELDS), len(rest))
+        if cut == len(rest) and len(rest) > 2 and walk_tree(section_tree(), tuple(rest))[1]:
+            cut -= 1  # `KEY.hihg`: a misspelt field of a searched key, not a key
+        tail = tuple(int(p) if p.isdigit() else p for p in rest[cut:])
+        return ("search", "params", ".".join(rest[:cut]), *tail)
     return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
@@ -318,8 +363,10 @@ def parse_spec(
             locator.add_issues(("variants", arm), check_sections(merge_sections(base, written))[1])
     locator.raise_if_any()
 
-    # 4. Grid keys and values.
+    # 4. Grid keys and values; the search's structure and keys.
     _check_grid(parsed.grid, variants, locator)
+    locator.raise_if_any()
+    search, confirm = _check_search_structure(raw, parsed.seeds, parsed.grid, variants, locator)
     locator.raise_if_any()
 
     spec = ExperimentSpec(
@@ -334,15 +381,36 @@ def parse_spec(
         path=path,
         text=text,
         overrides=tuple(overrides),
+        search=search,
+        confirm=confirm,
     )
-    # 5. Every arm x grid point, and no two of them the same config.
+    # 5. Every arm x grid point, and no two of them the same config; the searched values and
+    # the confirm runs' length for every arm x grid point.
     _check_runs(spec, locator)
+    locator.raise_if_any()
+    for at, message, at_key in check_search_values(spec):
+        locator.add(at, message, at_key=at_key)
     locator.raise_if_any()
 
     # 6. Claims name arms that exist and say which way they go.
     _check_claims(spec, locator)
     locator.raise_if_any()
     return spec
+
+
+def _check_search_structure(
+    raw: dict[str, Any], seeds: list[int], grid: dict[str, list[Any]],
+    variants: dict[str, dict[str, Any]], locator: _Locator,
+) -> tuple[SearchConfig | None, ConfirmConfig | None]:
+    """`search:` and `confirm:` as written, with their seeds resolved; their keys are settings
+    that neither an arm nor the grid sets."""
+    search, confirm, issues = resolve_search_sections(raw.get("search"), raw.get("confirm"), seeds)
+    locator.add_issues((), issues)
+    if search is None:
+        return None, None
+    for path, message, at_key in check_searched_keys(search, grid, variants):
+        locator.add(path, message, at_key=at_key)
+    return search, confirm
 
 
 def _check_grid(

@@ -94,6 +94,8 @@ class SpecFile(BaseModel):
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     claims: list[Claim] = Field(default_factory=list)
     cost: str | None = None
+    search: dict[str, Any] | None = None  # checked by rtlab.spec.search
+    confirm: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,6 +183,8 @@ def section_tree() -> dict[str, Any]:
 
 @functools.cache
 def spec_tree() -> dict[str, Any]:
+    from rtlab.spec.search import confirm_tree, search_tree  # (it builds on this module)
+
     sections = section_tree()
     return {
         "name": None,
@@ -191,6 +195,8 @@ def spec_tree() -> dict[str, Any]:
         "grid": {ANY: {ANY: None}},
         "claims": {ANY: _tree_of(Claim)},
         "cost": None,
+        "search": search_tree(),
+        "confirm": confirm_tree(),
     }
 
 

@@ -16,6 +16,13 @@ behaviour Optuna does not offer:
    database file: SQLite storages are local, so every claimant is on this machine.
 3. Trial ids. The storage's per-trial methods take a trial id, which `FrozenTrial` keeps private
    (`_trial_id`); `trial_id` maps the public trial number to it through the storage.
+4. A `Trial` for a claimed trial (searched experiments). Sampling, reporting and pruning need an
+   `optuna.Trial`, which `Study.ask()` gives, but `ask()` takes the first WAITING trial (a search
+   resumes trials by their place in the budget, not by number) and creates a new trial when none
+   waits (so a worker racing others would overrun the budget). So a worker claims a WAITING trial
+   as in 1 and `trial_of` builds the `Trial` for it with `optuna.Trial(study, trial_id)`: the
+   public class and constructor (in the API reference) that `ask()` itself calls after its pop,
+   which the docs advise against calling directly only because `ask()` usually does it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -74,3 +82,9 @@ def claim_waiting(storage: BaseStorage, study_id: int, url: str) -> FrozenTrial 
             if set_state(storage, trial_id(storage, study_id, waiting), TrialState.RUNNING):
                 return waiting
     return None
+
+
+def trial_of(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The `Trial` of a trial this process claimed (moved to RUNNING itself): what `ask()` returns
+    for a trial it popped. Its sampler and pruner are the `study` object's."""
+    return optuna.Trial(study, trial_id)

@@ -10,7 +10,8 @@ from typing import Any, Literal
 # FINISHED: trained to the end and logged. FAILED: diverged or raised (see failure_reason).
 # KILLED: stopped on request; its checkpoint is kept and the next sweep resumes it.
 # SKIPPED: already FINISHED in MLflow (another sweep got there first); not run again.
-RunStatus = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED"]
+# PRUNED: a tuning trial's run stopped by the pruner (MLflow: KILLED, tag rtlab.state=pruned).
+RunStatus = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED", "PRUNED"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class RunOutcome:
     run_id: str | None = None  # the MLflow run
     worker: int = 0  # index of the worker that ran it
     timings: RunTimings = field(default_factory=RunTimings)
+    best_val_loss: float | None = None  # FINISHED (and SKIPPED) runs
+    steps: int = 0  # optimizer steps the run has trained (resumed steps included)
+    tokens: float = 0.0  # tokens those steps saw
+    flops: float = 0.0  # and their training FLOPs
+    phase: str | None = None  # searched experiments: "tune" or "confirm"
+    pruned_at: int | None = None  # PRUNED runs: the step of the evaluation that pruned them
 
 
 Event = dict[str, Any]  # progress for the display: start, step, worker_done, worker_error

@@ -87,6 +87,8 @@ class SweepDisplay:
             self._started(worker, message)
         elif kind == "step":
             self._stepped(worker, message)
+        elif kind == "note":
+            self.note(str(message.get("text", "")))
         elif kind == "worker_error":
             self.note(f"worker {worker} crashed:\n{message.get('traceback', '')}")
 
@@ -118,6 +120,8 @@ class SweepDisplay:
             text += f" · final val loss {outcome.final_val_loss:.4f}"
         if outcome.failure_reason:
             text += f" · {outcome.failure_reason}"
+        if outcome.pruned_at is not None and outcome.status == "PRUNED":
+            text += f" · at step {outcome.pruned_at}"
         if self._progress is None:
             self._log(f"w{outcome.worker} {text}")
             return

@@ -23,15 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from rtlab.config import DataConfig, RunConfig, canonical_json
+from rtlab.config import DataConfig, RunConfig, StudyPlan, canonical_json
 from rtlab.sweep.outcome import RunOutcome
 from rtlab.sweep.progress import SweepDisplay
 from rtlab.sweep.queue import RunQueue, default_storage_url, experiment_state_dir
 from rtlab.sweep.worker import WorkerConfig, reset_run_dir, run_worker, worker_process_main
+from rtlab.track.names import OPTUNA_STORAGE_TAG, SEARCH_ARTIFACT
 
 if TYPE_CHECKING:
     from rtlab.data import Dataset
     from rtlab.spec import ExperimentSpec
+    from rtlab.sweep.search import SearchStudies
     from rtlab.track import ExperimentHandle
 
 # ---------------------------------------------------------------------------------------------
@@ -45,8 +47,9 @@ def data_key(data: DataConfig) -> str:
 @dataclass
 class PreparedExperiment:
     spec: ExperimentSpec
-    runs: list[RunConfig]  # in plan order
+    runs: list[RunConfig]  # in plan order (searched experiments: each arm's unsearched config)
     datasets: dict[str, Dataset] = field(default_factory=dict)  # by data_key
+    studies: list[StudyPlan] = field(default_factory=list)  # searched experiments: the studies
 
     def dataset(self, data: DataConfig) -> Dataset:
         return self.datasets[data_key(data)]
@@ -60,7 +63,7 @@ def prepare_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] 
     dataset): both are bad input.
     """
     from rtlab.data import load_data_section
-    from rtlab.plan import plan_runs
+    from rtlab.plan import plan_runs, plan_studies
     from rtlab.spec import load_spec
 
     spec = load_spec(path, list(overrides))
@@ -72,7 +75,8 @@ def prepare_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] 
             datasets[key] = load_data_section(data)
         return datasets[key].fingerprint
 
-    prepared = PreparedExperiment(spec, plan_runs(spec, fingerprint), datasets)
+    prepared = PreparedExperiment(spec, plan_runs(spec, fingerprint), datasets,
+                                  plan_studies(spec, fingerprint))
     check_heads(prepared, str(path))
     return prepared
 
@@ -148,6 +152,11 @@ class SweepSummary:
     outcomes: list[RunOutcome]  # each run this sweep's workers took, in the order they ended
     wall_seconds: float
     phases: dict[str, float] = field(default_factory=dict)  # main-process phases, seconds
+    # Searched experiments: the studies (rtlab.sweep.search_summary), the confirm runs (empty
+    # while the search is unfinished) and notes (an arm with nothing to confirm)
+    search: dict[str, Any] | None = None
+    confirm_runs: list[RunConfig] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ran(self) -> list[RunOutcome]:
@@ -197,6 +206,8 @@ def run_sweep(
     """Create/open the stores, queue unfinished runs, run workers until the queue is empty."""
     started_at = time.perf_counter() if started_at is None else started_at
     phases = dict(phases or {})
+    if prepared.studies:
+        return run_search(prepared, options, console or Console(), started_at, phases)
     with _timed(phases, "stores"):
         stores = open_stores(prepared.spec, options)
         counts = queue_runs(stores, prepared.runs, options.force)
@@ -229,27 +240,65 @@ def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Stores:
-    """The experiment's MLflow handle and run queue, and where its run directories live."""
+    """The experiment's MLflow handle and run queue, and where its run directories live; for a
+    searched experiment, its studies too."""
 
     name: str
     handle: ExperimentHandle
     queue: RunQueue
     state_dir: Path
+    search: SearchStudies | None = None
 
 
-def open_stores(spec: ExperimentSpec, options: SweepOptions) -> Stores:
+def open_stores(
+    spec: ExperimentSpec, options: SweepOptions, studies: list[StudyPlan] | None = None
+) -> Stores:
     """Create or open the MLflow experiment with its parent run, then the study (whose user
-    attributes carry the MLflow handle to workers)."""
+    attributes carry the MLflow handle to workers), then a searched experiment's studies."""
     from rtlab.track import resolve_tracking_uri, setup_experiment, start_parent
 
+    state_dir = experiment_state_dir(spec.name, options.state_root)
+    url = options.storage_url or default_storage_url(state_dir)
+    if studies and not options.force:
+        check_search_unchanged(url, studies)  # before any store is touched
     handle = setup_experiment(
         spec.name, resolve_tracking_uri(options.tracking_uri), spec.description or ""
     )
     start_parent(handle, spec.path, spec.text, spec.overrides)
-    state_dir = experiment_state_dir(spec.name, options.state_root)
-    url = options.storage_url or default_storage_url(state_dir)
     queue = RunQueue.create(url, spec.name, dataclasses.asdict(handle))
-    return Stores(spec.name, handle, queue, state_dir)
+    search = open_studies(handle, queue, state_dir, studies, options.force) if studies else None
+    return Stores(spec.name, handle, queue, state_dir, search)
+
+
+def check_search_unchanged(url: str, studies: list[StudyPlan]) -> None:
+    from rtlab.sweep.optuna_adapter import sqlite_path
+    from rtlab.sweep.queue import open_storage
+    from rtlab.sweep.search import check_unchanged
+
+    database = sqlite_path(url)
+    if database is None or database.exists():
+        check_unchanged(open_storage(url), studies)
+
+
+def open_studies(handle: ExperimentHandle, queue: RunQueue, state_dir: Path,
+                 studies: list[StudyPlan], force: bool) -> SearchStudies:
+    """The studies of a searched experiment (`force`: deleted first, with every child run and
+    run directory); the queue study names them for workers, the parent run names the storage."""
+    import json
+    import shutil
+
+    from rtlab.sweep.search import STUDIES_ATTR, SearchStudies, delete_studies
+    from rtlab.track import delete_all_children, set_parent_tags
+
+    names = [plan.study_name for plan in studies]
+    if force:
+        delete_studies(queue.storage, names)
+        delete_all_children(handle)
+        shutil.rmtree(state_dir / "runs", ignore_errors=True)
+    search = SearchStudies.create(queue.url, studies)
+    queue.study.set_user_attr(STUDIES_ATTR, json.dumps(names))
+    set_parent_tags(handle, {OPTUNA_STORAGE_TAG: queue.url})
+    return search
 
 
 @dataclass(frozen=True)
@@ -346,11 +395,13 @@ def work(
     stores: Stores,
     configs: list[WorkerConfig],
     display: SweepDisplay,
-    counts: QueueCounts,
+    counts: QueueCounts | None,
     phases: dict[str, float],
+    phase: str = "workers",
 ) -> tuple[list[RunOutcome], bool]:
-    """Run the workers until the queue is empty or a stop is asked, then close the parent run.
-    Returns the outcomes and whether a stop was asked."""
+    """Run the workers until the queue is empty or a stop is asked, then close the parent run
+    (not after a search's tuning phase: `counts` None). Returns the outcomes and whether a stop
+    was asked."""
     ctx = multiprocessing.get_context("spawn")
     process_stop = ctx.Event()
 
@@ -359,13 +410,17 @@ def work(
         display.note("stopping: each run ends after its current step (Ctrl-C again to abort)")
 
     with display, _stop_on_signals(request_stop) as stop:
-        _announce(display, stores, counts, workers=len(configs))
+        if counts is not None:
+            _announce(display, stores, counts, workers=len(configs))
         try:
-            with _timed(phases, "workers"):
+            with _timed(phases, phase):
                 outcomes = _run_workers(ctx, configs, display, process_stop, stop)
         finally:
             with _timed(phases, "finish"):
-                close_parent(stores, counts, stop.is_set())
+                if counts is not None:
+                    close_parent(stores, counts, stop.is_set())
+                elif stop.is_set():
+                    _finish_search_parent(stores, "KILLED")
     return outcomes, stop.is_set()
 
 
@@ -379,6 +434,97 @@ def _announce(display: SweepDisplay, stores: Stores, counts: QueueCounts, worker
             f"{stores.name} --storage {stores.queue.url} --tracking-uri "
             f"{stores.handle.tracking_uri}"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# A searched experiment: tune every arm (its studies), then confirm each arm's best config.
+
+
+def run_search(
+    prepared: PreparedExperiment,
+    options: SweepOptions,
+    console: Console,
+    started_at: float,
+    phases: dict[str, float],
+) -> SweepSummary:
+    """Tuning: recover dead trials, fill every budget, run workers until no slot waits. Then,
+    once every study's budget is spent, queue and run each arm's confirm runs."""
+    from rtlab.sweep.search_summary import confirm_runs
+
+    with _timed(phases, "stores"):
+        stores = open_stores(prepared.spec, options, prepared.studies)
+        assert stores.search is not None
+        stores.search.recover()
+        active = stores.search.top_up()
+    configs = worker_configs(stores, active, options.workers)
+    seeds = len(prepared.studies[0].tune_seeds)
+    display = SweepDisplay(active * seeds, quiet=options.quiet, console=console)
+    if active and not configs:
+        display.note(f"{active} trial(s) queued; work them off with: rtlab worker --study "
+                     f"{stores.name} --storage {stores.queue.url} --tracking-uri "
+                     f"{stores.handle.tracking_uri}")
+    outcomes, stopped = work(stores, configs, display, None, phases, phase="tuning")
+    result = SearchResult(stores, outcomes, stopped, len(configs))
+    if stopped or not stores.search.complete():
+        return result.summary(started_at, phases)
+    result.runs, result.notes = confirm_runs(stores.search)
+    with _timed(phases, "queue confirm"):
+        result.counts = queue_runs(stores, result.runs, force=False)
+    configs = worker_configs(stores, result.counts.queued, options.workers)
+    display = SweepDisplay(result.counts.queued, quiet=options.quiet, console=console)
+    for note in result.notes:
+        display.note(note)
+    more, result.stopped = work(stores, configs, display, result.counts, phases,
+                                phase="confirming")
+    result.outcomes += more
+    result.workers = max(result.workers, len(configs))
+    return result.summary(started_at, phases)
+
+
+@dataclass
+class SearchResult:
+    """What run_search did so far."""
+
+    stores: Stores
+    outcomes: list[RunOutcome]
+    stopped: bool
+    workers: int
+    runs: list[RunConfig] = field(default_factory=list)  # the confirm runs
+    notes: list[str] = field(default_factory=list)
+    counts: QueueCounts | None = None  # of the confirm runs
+
+    def summary(self, started_at: float, phases: dict[str, float]) -> SweepSummary:
+        """The sweep summary; also logs the search summary (search.json) to the parent run."""
+        from rtlab.sweep.search_summary import search_summary
+
+        stores, counts = self.stores, self.counts
+        assert stores.search is not None
+        search = search_summary(stores.search)
+        export_search(stores, search)
+        return SweepSummary(
+            experiment=stores.name, tracking_uri=stores.handle.tracking_uri,
+            storage_url=stores.queue.url, planned=len(self.runs),
+            already_finished=counts.already_finished if counts else 0,
+            queued=counts.queued if counts else 0, workers=self.workers,
+            stopped=self.stopped, outcomes=self.outcomes,
+            wall_seconds=time.perf_counter() - started_at, phases=phases, search=search,
+            confirm_runs=self.runs, notes=self.notes,
+        )
+
+
+def export_search(stores: Stores, search: dict[str, Any]) -> None:
+    """search.json on the parent run: every study, its trials and best configuration."""
+    import json
+
+    from rtlab.track import log_parent_text
+
+    log_parent_text(stores.handle, json.dumps(search, indent=1) + "\n", SEARCH_ARTIFACT)
+
+
+def _finish_search_parent(stores: Stores, status: str) -> None:
+    from rtlab.track import finish_parent
+
+    finish_parent(stores.handle, status)
 
 
 def close_parent(stores: Stores, counts: QueueCounts, stopped: bool) -> None:

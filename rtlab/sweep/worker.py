@@ -18,13 +18,13 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rtlab.config import DataConfig, RunConfig, canonical_json
 from rtlab.sweep.outcome import Message, RunOutcome, RunStatus, RunTimings
 from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue
 from rtlab.track import ChildRun, ChildState, ExperimentHandle, find_child
-from rtlab.track.names import BATCH_LOSS, FINAL_VAL_LOSS, TOKENS_PER_SEC, TRAIN_LOSS, VAL_LOSS
+from rtlab.track.names import BATCH_LOSS, TOKENS_PER_SEC, TRAIN_LOSS, VAL_LOSS
 
 if TYPE_CHECKING:
     from rtlab.data import Dataset
@@ -79,92 +79,134 @@ def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> lis
 
 
 class Worker:
-    """One worker's loop over the queue: what it holds (the queue, the MLflow handle, loaded
-    datasets) and the steps of a run: skip a finished one, or open, train, end."""
+    """One worker's loop: tuning trials of a searched experiment first, then the run queue. It
+    holds the queue, the studies, the MLflow handle and loaded datasets, and trains one run in
+    steps: skip a finished one, or open, train, end."""
 
     def __init__(self, config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> None:
+        from rtlab.sweep.search import SearchStudies, study_names
+
         self.config = config
         self.emit = emit
         self.should_stop = should_stop
         self.queue = RunQueue.open(config.storage_url, config.study_name)
         self.handle = handle_from_attrs(self.queue.attrs, config.tracking_uri)
         self.datasets = _DatasetCache()
+        names = study_names(self.queue.attrs)
+        self.search = SearchStudies.open(config.storage_url, names) if names else None
 
     def run(self) -> list[RunOutcome]:
         outcomes: list[RunOutcome] = []
         while not self.should_stop():
-            entry = self.queue.pop()
-            if entry is None:
-                break  # queue empty: every run is done or taken by another worker
-            outcomes.append(self.run_trial(entry))
-            if outcomes[-1].status == "KILLED":
+            ended = self._next()
+            if ended is None:
+                break  # nothing left: every run is done or taken by another worker
+            outcomes += ended
+            if any(o.status == "KILLED" for o in ended):
                 break
         self.emit({"type": "worker_done", "worker": self.config.worker_index})
         return outcomes
 
+    def _next(self) -> list[RunOutcome] | None:
+        """Run the next tuning trial, else the next queued run; None when neither is left."""
+        if self.search is not None:
+            claimed = self.search.claim()
+            if claimed is not None:
+                from rtlab.sweep.tune import TuneTrial
+
+                return TuneTrial(self, self.search, claimed).run()
+        entry = self.queue.pop()
+        return None if entry is None else [self.run_trial(entry)]
+
     def run_trial(self, entry: QueuedRun) -> RunOutcome:
-        """Train and log one run; tell the queue how it ended. Never raises for a failed run."""
-        tracking = _Stopwatch()
-        with tracking:
-            existing = find_child(self.handle, entry.config_hash)
-        if existing is not None and existing.status == "FINISHED":
-            return self._skip(entry, existing)  # another sweep finished it after it was queued
-        with tracking:
-            child = self._open(entry, existing)
-        self.emit({"type": "start", "worker": self.config.worker_index,
-                   "run_name": entry.run.run_name, "max_iters": entry.run.train.max_iters,
-                   "resumed": child.resumed, "run_id": child.run_id})
-        trained = _Trained("KILLED")  # what an abort (KeyboardInterrupt) leaves
-        heartbeat = _Heartbeat(self.queue, entry)
+        """Train and log one queued run; tell the queue how it ended. Never raises for a failed
+        run (a second Ctrl-C still ends the MLflow run and the trial)."""
+        heartbeat = _Heartbeat(lambda: self.queue.heartbeat(entry))
+        final_val = None
         try:
-            trained = self._train(entry.run, child)
+            outcome = self.train_run(
+                entry.run, on_open=lambda child: self.queue.set_mlflow_run(entry, child.run_id))
+            if outcome.status in ("FINISHED", "SKIPPED"):
+                final_val = outcome.final_val_loss
         finally:
             heartbeat.stop()
+            self.queue.finish(entry, final_val)
+        return outcome
+
+    def train_run(
+        self,
+        run: RunConfig,
+        watch: TrainingWatch | None = None,
+        on_open: Callable[[ChildRun], None] | None = None,
+    ) -> RunOutcome:
+        """One run: skipped if FINISHED in MLflow, else opened (or resumed), trained and ended.
+        `watch` sees every metric and may stop the run (a pruner)."""
+        tracking = _Stopwatch()
+        with tracking:
+            existing = find_child(self.handle, run.config_hash)
+        if existing is not None and existing.status == "FINISHED":
+            return self._skip(run, existing)  # finished after it was queued (or a duplicate)
+        with tracking:
+            child = self._open(run, existing)
+            if on_open is not None:
+                on_open(child)
+        self.emit({"type": "start", "worker": self.config.worker_index,
+                   "run_name": run.run_name, "max_iters": run.train.max_iters,
+                   "resumed": child.resumed, "run_id": child.run_id})
+        trained = _Trained("KILLED")  # what an abort (KeyboardInterrupt) leaves
+        try:
+            trained = self._train(run, child, watch)
+        finally:
             with tracking:
-                final_val = self._end(entry, child, trained)
-        outcome = self._outcome(entry.run, trained.status, final_val, trained.failure_reason,
-                                child.run_id, trained.timings(tracking.seconds))
+                self._end(run, child, trained, watch)
+        outcome = self._outcome(run, trained.status, trained.final("final_val_loss"),
+                                trained.failure_reason, child.run_id,
+                                trained.timings(tracking.seconds), trained=trained, watch=watch)
         self.emit(outcome)
         return outcome
 
-    def _skip(self, entry: QueuedRun, existing: ChildState) -> RunOutcome:
-        self.queue.finish(entry, existing.final_val_loss)
-        outcome = self._outcome(entry.run, "SKIPPED", existing.final_val_loss,
-                                run_id=existing.run_id)
+    def _skip(self, run: RunConfig, existing: ChildState) -> RunOutcome:
+        outcome = self._outcome(run, "SKIPPED", existing.final_val_loss, run_id=existing.run_id)
+        outcome = dataclasses.replace(
+            outcome, best_val_loss=existing.best_val_loss, tokens=existing.tokens_seen or 0.0,
+            flops=existing.flops_seen or 0.0,
+            steps=int((existing.tokens_seen or 0.0)
+                      // (run.train.tokens_per_step * run.model.block_size)))
         self.emit(outcome)
         return outcome
 
-    def _open(self, entry: QueuedRun, existing: ChildState | None) -> ChildRun:
+    def _open(self, run: RunConfig, existing: ChildState | None) -> ChildRun:
         from rtlab.model.device import resolve_device
 
         if existing is None:
             # A checkpoint belongs to the MLflow run that wrote it: a new run (another store, a
             # deleted run) must not continue someone else's training and skip its metrics.
-            reset_run_dir(self.config.state_dir, entry.config_hash)
-        run_dir_for(self.config.state_dir, entry.config_hash).mkdir(parents=True, exist_ok=True)
-        child = ChildRun.open(
-            self.handle, entry.run, device=str(resolve_device(entry.run.train.device)),
+            reset_run_dir(self.config.state_dir, run.config_hash)
+        run_dir_for(self.config.state_dir, run.config_hash).mkdir(parents=True, exist_ok=True)
+        return ChildRun.open(
+            self.handle, run, device=str(resolve_device(run.train.device)),
             existing_run_id=existing.run_id if existing is not None else None,
         )
-        self.queue.set_mlflow_run(entry, child.run_id)
-        return child
 
-    def _train(self, run: RunConfig, child: ChildRun) -> _Trained:
+    def _train(self, run: RunConfig, child: ChildRun, watch: TrainingWatch | None) -> _Trained:
         """train(), then the finished run's artifacts; a failure is a FAILED run, not a raise."""
         from rtlab.execute import TrainingDiverged, train
 
         run_dir = run_dir_for(self.config.state_dir, run.config_hash)
-        relay = _MetricsRelay(child, self.emit, self.config.worker_index, run, self.should_stop)
+        relay = _MetricsRelay(child, self.emit, self.config.worker_index, run, self.should_stop,
+                              watch)
         try:
             result = train(run, run_dir, self.datasets.get(run.data),
                            on_metrics=relay, should_stop=relay.should_stop)
             if result.status == "stopped":
-                return _Trained("KILLED", result=result)
+                pruned = watch is not None and watch.pruned_at is not None
+                return _Trained("PRUNED" if pruned else "KILLED", result=result)
             artifacts = _Stopwatch()
             with artifacts:
+                keep = run.train.save_checkpoint and run.phase != "tune"
                 child.log_result(
                     run, flops_per_token=result.flops_per_token, sample_text=result.sample,
-                    checkpoint=result.checkpoint_path if run.train.save_checkpoint else None,
+                    checkpoint=result.checkpoint_path if keep else None,
                 )
             return _Trained("FINISHED", result=result, tracking_seconds=artifacts.seconds)
         except TrainingDiverged as error:
@@ -173,14 +215,18 @@ class Worker:
             (run_dir / "error.log").write_text(traceback.format_exc())
             return _Trained("FAILED", f"{type(error).__name__}: {error}")
 
-    def _end(self, entry: QueuedRun, child: ChildRun, trained: _Trained) -> float | None:
-        """End the MLflow run and the trial; return the final val loss of a finished run."""
-        child.finish(trained.status, trained.failure_reason)
-        final_val = None
-        if trained.status == "FINISHED" and trained.result is not None:
-            final_val = trained.result.final_metrics.get(FINAL_VAL_LOSS)
-        self.queue.finish(entry, final_val)
-        return final_val
+    def _end(self, run: RunConfig, child: ChildRun, trained: _Trained,
+             watch: TrainingWatch | None) -> None:
+        """End the MLflow run; a searched experiment's runs say how (finished, pruned, ...)."""
+        from rtlab.track.names import PRUNED_STEP_TAG
+
+        if trained.status == "PRUNED" and watch is not None:
+            child.set_tags({PRUNED_STEP_TAG: str(watch.pruned_at)})
+        state = RUN_STATES[trained.status] if run.phase is not None else None
+        mlflow_status = "KILLED" if trained.status == "PRUNED" else trained.status
+        child.finish(mlflow_status, trained.failure_reason, state=state)
+        if trained.status == "PRUNED":
+            reset_run_dir(self.config.state_dir, run.config_hash)  # never resumed
 
     def _outcome(
         self,
@@ -190,12 +236,31 @@ class Worker:
         failure_reason: str | None = None,
         run_id: str | None = None,
         timings: RunTimings | None = None,
+        trained: _Trained | None = None,
+        watch: TrainingWatch | None = None,
     ) -> RunOutcome:
+        result = trained.result if trained is not None else None
+        final = result.final_metrics if result is not None else {}
         return RunOutcome(
             run_name=run.run_name, config_hash=run.config_hash, arm=run.arm, seed=run.seed,
             status=status, final_val_loss=final_val_loss, failure_reason=failure_reason,
             run_id=run_id, worker=self.config.worker_index, timings=timings or RunTimings(),
+            best_val_loss=final.get("best_val_loss"), steps=result.steps if result else 0,
+            tokens=final.get("tokens_seen", 0.0), flops=final.get("flops_seen", 0.0),
+            phase=run.phase, pruned_at=watch.pruned_at if watch is not None else None,
         )
+
+
+# How a run ended (RunStatus) -> the state tag of a searched experiment's run
+RUN_STATES = {"FINISHED": "finished", "PRUNED": "pruned", "FAILED": "failed", "KILLED": "stopped"}
+
+
+class TrainingWatch(Protocol):
+    """What watches a run train (a tuning trial: reports to Optuna, asks its pruner)."""
+
+    pruned_at: int | None  # the step at which it asked the run to stop
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -206,6 +271,12 @@ class _Trained:
     failure_reason: str | None = None
     result: TrainResult | None = None  # when train() returned
     tracking_seconds: float = 0.0  # logging the finished run's artifacts
+
+    def final(self, key: str) -> float | None:
+        """A final metric of a FINISHED run (None otherwise)."""
+        if self.status != "FINISHED" or self.result is None:
+            return None
+        return self.result.final_metrics.get(key)
 
     def timings(self, other_tracking_seconds: float) -> RunTimings:
         tracking = self.tracking_seconds + other_tracking_seconds
@@ -235,9 +306,11 @@ class _MetricsRelay:
     """train()'s callbacks: every metric to MLflow, a few step events to the display."""
 
     def __init__(
-        self, child: ChildRun, emit: Emit, worker: int, run: RunConfig, should_stop: ShouldStop
+        self, child: ChildRun, emit: Emit, worker: int, run: RunConfig, should_stop: ShouldStop,
+        watch: TrainingWatch | None = None,
     ) -> None:
         self.child = child
+        self.watch = watch
         self.emit = emit
         self.worker = worker
         self.run_name = run.run_name
@@ -254,6 +327,8 @@ class _MetricsRelay:
         # store before that checkpoint file can exist (the one blocking write, at checkpoints).
         if step == self.max_iters or step % self.checkpoint_interval == 0:
             self.child.flush_metrics()
+        if self.watch is not None:
+            self.watch.on_metrics(step, metrics)
         self._latest.update({k: metrics[k] for k in DISPLAY_METRICS if k in metrics})
         now = time.monotonic()
         evaluated = VAL_LOSS in metrics
@@ -263,7 +338,8 @@ class _MetricsRelay:
                        "step": step, "metrics": dict(self._latest), "eval": evaluated})
 
     def should_stop(self) -> bool:
-        if self._should_stop():
+        pruned = self.watch is not None and self.watch.pruned_at is not None
+        if pruned or self._should_stop():
             self.child.flush_metrics()  # a stopped run writes its resume checkpoint next
             return True
         return False
@@ -285,19 +361,19 @@ class _DatasetCache:
 
 
 class _Heartbeat:
-    """Tells the queue this worker is alive while a run trains (see queue.is_stale)."""
+    """Tells the study this worker is alive while its trial trains (see queue.is_stale)."""
 
-    def __init__(self, queue: RunQueue, entry: QueuedRun) -> None:
+    def __init__(self, beat: Callable[[], None]) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._loop, args=(queue, entry), name="rtlab-heartbeat", daemon=True
+            target=self._loop, args=(beat,), name="rtlab-heartbeat", daemon=True
         )
         self._thread.start()
 
-    def _loop(self, queue: RunQueue, entry: QueuedRun) -> None:
+    def _loop(self, beat: Callable[[], None]) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                queue.heartbeat(entry)
+                beat()
             except Exception:  # a busy store: the next beat will do
                 pass
 

@@ -20,6 +20,19 @@ HASH_TAG = "rtlab.config_hash"
 DEVICE_TAG = "rtlab.device"
 FAILURE_TAG = "rtlab.failure_reason"
 
+# Tags on the child runs of a searched experiment (`search:`)
+PHASE_TAG = "rtlab.phase"  # TUNE (a trial's run) or CONFIRM (a rerun of an arm's best config)
+TUNE, CONFIRM = "tune", "confirm"
+STATE_TAG = "rtlab.state"  # how the run ended, in rtlab's words: one of RUN_STATES
+FINISHED_STATE, PRUNED_STATE = "finished", "pruned"
+FAILED_STATE, STOPPED_STATE = "failed", "stopped"
+RUN_STATES = (FINISHED_STATE, PRUNED_STATE, FAILED_STATE, STOPPED_STATE)
+STUDY_TAG = "rtlab.study"  # the Optuna study (one per arm and grid point)
+TRIAL_TAG = "rtlab.trial"  # tune: the Optuna trial number that ran it; confirm: the best trial's
+SLOT_TAG = "rtlab.trial_slot"  # tune: the trial's place in the arm's budget (0 .. trials - 1)
+SEARCH_PARAMS_TAG = "rtlab.search_params"  # JSON: the sampled values of the searched keys
+PRUNED_STEP_TAG = "rtlab.pruned_at_step"
+
 # Provenance tags (rtlab.track.provenance)
 GIT_COMMIT_TAG = "rtlab.git_commit"
 GIT_DIRTY_TAG = "rtlab.git_dirty"
@@ -53,4 +66,6 @@ CHECKPOINT_DIR = "checkpoint"
 BATCH_LOSS, TOKENS_SEEN, FLOPS_SEEN = "batch_loss", "tokens_seen", "flops_seen"
 TOKENS_PER_SEC, MFU = "tokens_per_sec", "mfu"
 OVERRIDES_TAG = "rtlab.overrides"  # parent: JSON list of the `--set` overrides `rtlab run` applied
+OPTUNA_STORAGE_TAG = "rtlab.optuna_storage"  # parent: the storage URL of the studies
+SEARCH_ARTIFACT = "search.json"  # parent: every study of a search, its trials and their budget
 REPORT_DIR = "report"  # parent: the report `rtlab report` wrote

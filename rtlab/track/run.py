@@ -28,10 +28,16 @@ from rtlab.track.names import (
     HASH_TAG,
     METRICS_ARTIFACT,
     MLFLOW_PARENT_TAG,
+    PHASE_TAG,
     ROLE_TAG,
     SAMPLE_ARTIFACT,
+    SEARCH_PARAMS_TAG,
     SEED_PARAM,
     SEED_TAG,
+    SLOT_TAG,
+    STATE_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
 )
 from rtlab.track.provenance import provenance_tags
 from rtlab.track.store import ExperimentHandle
@@ -61,7 +67,23 @@ def child_tags(run: RunConfig, device: str) -> dict[str, str]:
         HASH_TAG: run.config_hash,
         DEVICE_TAG: device,
         **provenance_tags(),
+        **search_tags(run),
     }
+
+
+def search_tags(run: RunConfig) -> dict[str, str]:
+    """A searched experiment's runs: their phase, study, trial slot and sampled values."""
+    if run.phase is None:
+        return {}
+    tags = {PHASE_TAG: run.phase,
+            SEARCH_PARAMS_TAG: json.dumps(run.search_params, sort_keys=True)}
+    if run.study is not None:
+        tags[STUDY_TAG] = run.study
+    if run.phase == "tune" and run.trial is not None:
+        tags[SLOT_TAG] = str(run.trial)
+    if run.phase == "confirm" and run.trial is not None:
+        tags[TRIAL_TAG] = str(run.trial)  # the best trial, whose config it reruns
+    return tags
 
 
 class ChildRun:
@@ -160,11 +182,20 @@ class ChildRun:
         if checkpoint is not None and checkpoint.exists():
             self.client.log_artifact(self.run_id, str(checkpoint), artifact_path=CHECKPOINT_DIR)
 
-    def finish(self, status: str, failure_reason: str | None = None) -> None:
-        """Flush metrics, then end the run: FINISHED, FAILED (with a reason) or KILLED."""
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_TAG_VALUE])
+                                                 for k, v in tags.items()], synchronous=True)
+
+    def finish(
+        self, status: str, failure_reason: str | None = None, state: str | None = None
+    ) -> None:
+        """Flush metrics, then end the run: FINISHED, FAILED (with a reason) or KILLED; `state`
+        (a searched experiment's runs) tells a pruned run from one stopped to be resumed."""
         self.metrics.close()
         if failure_reason is not None:
             self.client.set_tag(self.run_id, FAILURE_TAG, failure_reason[:MAX_TAG_VALUE])
+        if state is not None:
+            self.client.set_tag(self.run_id, STATE_TAG, state)
         self.client.set_terminated(self.run_id, status)
 
 

@@ -19,8 +19,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
 from rtlab.track.names import (
+    BEST_VAL_LOSS,
     CHILD,
     FINAL_VAL_LOSS,
+    FLOPS_SEEN,
     HASH_TAG,
     NOTE_TAG,
     OVERRIDES_TAG,
@@ -28,6 +30,7 @@ from rtlab.track.names import (
     ROLE_TAG,
     SPEC_ARTIFACT,
     SPEC_PATH_TAG,
+    TOKENS_SEEN,
 )
 
 # MLflow's own default when no URI is set (mlflow.get_tracking_uri() with no ./mlruns store).
@@ -225,6 +228,9 @@ class ChildState:
     run_id: str
     status: str  # MLflow's run status: RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
     final_val_loss: float | None  # logged once, at the last step of a finished run
+    best_val_loss: float | None = None  # likewise
+    tokens_seen: float | None = None  # at the last logged step
+    flops_seen: float | None = None
 
 
 def find_child(handle: ExperimentHandle, config_hash: str) -> ChildState | None:
@@ -232,7 +238,31 @@ def find_child(handle: ExperimentHandle, config_hash: str) -> ChildState | None:
     run = find_run_by_hash(client, handle.experiment_id, config_hash)
     if run is None:
         return None
-    return ChildState(run.info.run_id, run.info.status, run.data.metrics.get(FINAL_VAL_LOSS))
+    metrics = run.data.metrics
+    return ChildState(run.info.run_id, run.info.status, metrics.get(FINAL_VAL_LOSS),
+                      metrics.get(BEST_VAL_LOSS), metrics.get(TOKENS_SEEN),
+                      metrics.get(FLOPS_SEEN))
+
+
+def delete_all_children(handle: ExperimentHandle) -> int:
+    """Soft-delete every live child run (`--force` on a searched experiment: its trials are
+    sampled afresh, so which hashes it will run is not known in advance)."""
+    client = MlflowClient(handle.tracking_uri)
+    doomed = [run.info.run_id for run in child_runs(client, handle.experiment_id)]
+    for run_id in doomed:
+        client.delete_run(run_id)
+    return len(doomed)
+
+
+def log_parent_text(handle: ExperimentHandle, text: str, artifact_file: str) -> None:
+    """A text artifact on the parent run (a searched experiment's search.json)."""
+    MlflowClient(handle.tracking_uri).log_text(handle.parent_run_id, text, artifact_file)
+
+
+def set_parent_tags(handle: ExperimentHandle, tags: dict[str, str]) -> None:
+    client = MlflowClient(handle.tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(handle.parent_run_id, key, value)
 
 
 def finished_hashes(handle: ExperimentHandle) -> set[str]:

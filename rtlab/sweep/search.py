@@ -1,0 +1,275 @@
+"""A searched experiment's studies: one Optuna study per arm and grid point, each a budget of
+`trials` slots that workers claim, sample, train and tell.
+
+Fairness by construction: every study has the same budget and the same sampler, seeded alike. A
+study's trials are its budget's slots (user attr `slot`, 0 .. trials - 1), enqueued as WAITING
+trials by the main process; a worker claims the WAITING trial with the lowest slot (over all
+studies, so arms advance together), samples it with a sampler seeded by (spec seed, slot), trains
+its runs reporting the validation loss at each evaluation, and tells it COMPLETE, PRUNED or FAIL.
+
+Resume. Completed, pruned and failed trials count towards the budget. A trial whose worker died
+(or was stopped) is failed and enqueued again with the same sampled values and slot, so its run
+resumes from its checkpoint in the same MLflow run, and it re-reports the intermediate values the
+dead trial had reported up to that checkpoint. As the sampler's seed depends on the slot rather
+than on how many samples a process drew, one worker on the same storage proposes the same values
+in the same order whether or not the search was interrupted.
+
+Several workers: no trial is created outside the budget (claims are atomic; nothing calls
+`ask()`), and TPE's constant liar treats running trials as bad results, so parallel workers do not
+propose the same point; a proposal equal to a trial already run reuses its result instead of
+training the same config twice (one equal to a running trial waits for it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from rtlab.config import StudyPlan
+from rtlab.sweep import optuna_adapter as adapter
+from rtlab.sweep.queue import (
+    HEARTBEAT_ATTR,
+    HOST_ATTR,
+    PID_ATTR,
+    STALE_ATTR,
+    is_stale,
+    open_storage,
+)
+
+# Study user attrs
+PLAN_ATTR = "plan"  # the StudyPlan, JSON
+FINGERPRINT_ATTR = "fingerprint"  # StudyPlan.fingerprint(): a changed search is another study
+STUDIES_ATTR = "search_studies"  # on the experiment's queue study: the studies' names, JSON
+# Trial user attrs
+SLOT_ATTR = "slot"
+PHASE_ATTR = "phase"
+RESUME_OF_ATTR = "resume_of"  # the number of the dead trial this one continues
+DUPLICATE_OF_ATTR = "duplicate_of"  # the number of the trial whose result this one reuses
+HASHES_ATTR = "config_hashes"  # of its runs, one per tuning seed
+RUN_NAMES_ATTR = "run_names"
+RUN_IDS_ATTR = "mlflow_run_ids"
+STEPS_ATTR = "steps"  # optimizer steps its runs trained (all seeds)
+TOKENS_ATTR = "tokens"
+FLOPS_ATTR = "flops"  # training FLOPs of those steps
+SECONDS_ATTR = "seconds"  # wall time from claim to tell
+SAMPLE_SECONDS_ATTR = "sample_seconds"  # claiming and sampling (the sampler's overhead)
+PRUNE_SECONDS_ATTR = "prune_seconds"  # reporting and asking the pruner
+FAILURE_ATTR = "failure_reason"
+# Trial system attrs (besides the queue's host, pid, heartbeat and stale)
+STOPPED_ATTR = "rtlab.stopped"  # stopped on request: run again by the next `rtlab run`
+REQUEUED_ATTR = "rtlab.requeued"  # a failed (stale or stopped) trial already enqueued again
+
+ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
+
+
+class SearchChanged(ValueError):
+    """A study exists for an arm whose search (or config) the spec has since changed."""
+
+
+def slot_seed(seed: int, slot: int) -> int:
+    """The sampler seed of a slot: the same for every arm (fairness), different for every slot
+    (parallel random proposals differ), and independent of the process that samples it."""
+    digest = hashlib.sha256(f"rtlab-search:{seed}:{slot}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def counts_towards_budget(trial: FrozenTrial) -> bool:
+    """Completed, pruned and failed trials, and those waiting or running; not the trials of dead
+    or stopped workers (they are run again)."""
+    if trial.state == TrialState.FAIL:
+        attrs = trial.system_attrs
+        return not (attrs.get(STALE_ATTR) or attrs.get(STOPPED_ATTR))
+    return True
+
+
+def slot_of(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(SLOT_ATTR, -1))
+
+
+@dataclass(frozen=True)
+class ClaimedTrial:
+    """A WAITING trial this worker moved to RUNNING."""
+
+    plan: StudyPlan
+    number: int
+    trial_id: int
+    slot: int
+    resume_of: int | None  # the dead trial it continues (its sampled values are fixed)
+
+
+class SearchStudies:
+    """The studies of one searched experiment, on one storage this object opened and keeps."""
+
+    def __init__(self, url: str, storage: optuna.storages.RDBStorage, plans: list[StudyPlan]):
+        self.url = url
+        self.storage = storage
+        self.plans = {plan.study_name: plan for plan in plans}
+        self.ids = {name: storage.get_study_id_from_name(name) for name in self.plans}
+
+    # ---- the main process
+    @classmethod
+    def create(cls, url: str, plans: list[StudyPlan]) -> SearchStudies:
+        """Create (or load) a study per plan, with the plan in its user attributes."""
+        storage = open_storage(url)
+        check_unchanged(storage, plans)
+        for plan in plans:
+            study = optuna.create_study(storage=storage, study_name=plan.study_name,
+                                        direction="minimize", load_if_exists=True)
+            study.set_user_attr(PLAN_ATTR, plan.to_json())
+            study.set_user_attr(FINGERPRINT_ATTR, plan.fingerprint())
+            study.set_user_attr(PHASE_ATTR, "tune")
+        return cls(url, storage, plans)
+
+    @classmethod
+    def open(cls, url: str, names: list[str]) -> SearchStudies:
+        """The studies a worker works on (their plans from their attributes)."""
+        storage = open_storage(url)
+        plans = []
+        for name in names:
+            attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+            plans.append(StudyPlan.from_json(attrs[PLAN_ATTR]))
+        return cls(url, storage, plans)
+
+    def trials(self, name: str, *states: TrialState) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(self.ids[name], deepcopy=False,
+                                           states=states or None)
+
+    def study(self, name: str, sampler: Any = None, pruner: Any = None) -> optuna.Study:
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler,
+                                 pruner=pruner)
+
+    def recover(self) -> list[tuple[str, int]]:
+        """Fail the RUNNING trials of dead workers and enqueue every dead or stopped trial again
+        (same slot, same sampled values). Returns (study, number) of the trials re-enqueued."""
+        again = []
+        with adapter.claim_lock(self.url):
+            for name in self.plans:
+                for trial in self.trials(name, TrialState.RUNNING):
+                    if is_stale(trial):
+                        trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
+                        self.storage.set_trial_system_attr(trial_id, STALE_ATTR, True)
+                        adapter.set_state(self.storage, trial_id, TrialState.FAIL)
+                again += [(name, n) for n in self._requeue(name)]
+        return again
+
+    def _requeue(self, name: str) -> list[int]:
+        budget = self.plans[name].search.budget
+        trials = self.trials(name)
+        taken = {slot_of(t) for t in trials if counts_towards_budget(t)}
+        study = self.study(name)
+        requeued = []
+        for trial in trials:
+            attrs = trial.system_attrs
+            if trial.state != TrialState.FAIL or counts_towards_budget(trial):
+                continue
+            if attrs.get(REQUEUED_ATTR) or slot_of(trial) in taken or slot_of(trial) >= budget:
+                continue
+            study.enqueue_trial(dict(trial.params), user_attrs={
+                SLOT_ATTR: slot_of(trial), PHASE_ATTR: "tune", RESUME_OF_ATTR: trial.number})
+            self.storage.set_trial_system_attr(
+                adapter.trial_id(self.storage, self.ids[name], trial), REQUEUED_ATTR, True)
+            taken.add(slot_of(trial))
+            requeued.append(trial.number)
+        return requeued
+
+    def top_up(self) -> int:
+        """Enqueue an empty trial for every slot of the budget that has none; returns how many
+        trials wait or run now (over all studies)."""
+        active = 0
+        with adapter.claim_lock(self.url):
+            for name, plan in self.plans.items():
+                trials = self.trials(name)
+                taken = {slot_of(t) for t in trials if counts_towards_budget(t)}
+                study = self.study(name)
+                for slot in range(plan.search.budget):
+                    if slot not in taken:
+                        study.enqueue_trial({}, user_attrs={SLOT_ATTR: slot, PHASE_ATTR: "tune"})
+                active += len(self.trials(name, *ACTIVE))
+        return active
+
+    def complete(self) -> bool:
+        """Every slot of every budget has a finished trial (completed, pruned or failed)."""
+        for name, plan in self.plans.items():
+            done = {slot_of(t) for t in self.trials(name, TrialState.COMPLETE, TrialState.PRUNED,
+                                                     TrialState.FAIL) if counts_towards_budget(t)}
+            if not set(range(plan.search.budget)) <= done:
+                return False
+        return True
+
+    def best(self, name: str) -> FrozenTrial | None:
+        """The completed trial of the budget with the lowest objective (first by number on a
+        tie); None when no trial completed."""
+        budget = self.plans[name].search.budget
+        done = [t for t in self.trials(name, TrialState.COMPLETE)
+                if 0 <= slot_of(t) < budget and t.value is not None]
+        return min(done, key=lambda t: (t.value, t.number)) if done else None
+
+
+    # ---- workers
+    def claim(self) -> ClaimedTrial | None:
+        """Move the WAITING trial with the lowest slot (arms in order on a tie) to RUNNING."""
+        order = list(self.plans)
+        while True:
+            with adapter.claim_lock(self.url):
+                waiting = [(slot_of(t), order.index(name), name, t) for name in order
+                           for t in self.trials(name, TrialState.WAITING)]
+                if not waiting:
+                    return None
+                _, _, name, trial = min(waiting, key=lambda w: (w[0], w[1], w[3].number))
+                trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
+                if adapter.set_state(self.storage, trial_id, TrialState.RUNNING):
+                    break
+        for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
+                           (HEARTBEAT_ATTR, time.time())):
+            self.storage.set_trial_system_attr(trial_id, key, value)
+        resume_of = trial.user_attrs.get(RESUME_OF_ATTR)
+        return ClaimedTrial(self.plans[name], trial.number, trial_id, slot_of(trial),
+                            None if resume_of is None else int(resume_of))
+
+    def heartbeat(self, claimed: ClaimedTrial) -> None:
+        self.storage.set_trial_system_attr(claimed.trial_id, HEARTBEAT_ATTR, time.time())
+
+    def trial_by_number(self, name: str, number: int) -> FrozenTrial:
+        return self.storage.get_trial(adapter.trial_id(self.storage, self.ids[name], number))
+
+
+def check_unchanged(storage: optuna.storages.BaseStorage, plans: list[StudyPlan]) -> None:
+    """Raise SearchChanged when a study of these names was made for another search or config."""
+    names = {s.study_name: s for s in storage.get_all_studies()}
+    changed = []
+    for plan in plans:
+        existing = names.get(plan.study_name)
+        if existing is None:
+            continue
+        recorded = existing.user_attrs.get(FINGERPRINT_ATTR)
+        if recorded is not None and recorded != plan.fingerprint():
+            changed.append(plan.study_name)
+    if changed:
+        raise SearchChanged(
+            f"the search or config of {', '.join(changed)} changed since its study was created "
+            "(only `trials` may change between runs): rerun with --force to start the search "
+            "afresh"
+        )
+
+
+def delete_studies(storage: optuna.storages.BaseStorage, names: list[str]) -> None:
+    """`--force`: the studies go (those that exist); `SearchStudies.create` starts them afresh."""
+    for name in names:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass
+
+
+def study_names(attrs: dict[str, Any]) -> list[str]:
+    """The search studies the experiment's queue study names (none for a plain experiment)."""
+    raw = attrs.get(STUDIES_ATTR)
+    return list(json.loads(raw)) if raw else []

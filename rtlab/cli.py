@@ -164,12 +164,15 @@ def run(
                  "(rtlab check shows why; --no-check skips it)", code=1)
     phases["audit"] = time.perf_counter() - audit_start
     from rtlab.sweep import SweepOptions, run_sweep
+    from rtlab.sweep.search import SearchChanged
 
     options = SweepOptions(workers=workers, force=force, tracking_uri=tracking_uri,
                            storage_url=storage, quiet=quiet)
     try:
         summary = run_sweep(prepared, options, console=console, started_at=STARTED_AT,
                             phases=phases)
+    except SearchChanged as error:
+        fail(f"{file}: {error}")
     except KeyboardInterrupt:  # a second Ctrl-C: runs are already marked KILLED
         fail("interrupted", code=EXIT_INTERRUPTED)
     show_summary(summary, prepared)
@@ -181,6 +184,10 @@ def run(
 
 def show_plan(prepared: Any, tracking_uri: str | None) -> None:
     from rtlab.plan import plan_table
+
+    if prepared.studies:
+        show_studies_plan(prepared)
+        return
     from rtlab.report.status import stored_states
     from rtlab.track import resolve_tracking_uri
 
@@ -198,9 +205,48 @@ def show_plan(prepared: Any, tracking_uri: str | None) -> None:
     console.print(f"{todo} to run, {len(rows) - todo} already finished")
 
 
+def show_studies_plan(prepared: Any) -> None:
+    """A searched experiment's plan: a study per arm and grid point; its trials' configs (and
+    so their hashes) exist once sampled."""
+    first = prepared.studies[0]
+    search = first.search
+    table = Table(title=f"{prepared.spec.name}: {len(prepared.studies)} studies (dry run)")
+    for column in ("study", "arm", "grid point", "trials", "tuning seeds", "confirm seeds"):
+        table.add_column(column)
+    for plan in prepared.studies:
+        point = ", ".join(f"{k}={v}" for k, v in plan.grid_point.items())
+        table.add_row(plan.study_name, plan.arm, point, str(search.budget),
+                      ", ".join(map(str, plan.tune_seeds)), ", ".join(map(str, plan.confirm_seeds)))
+    console.print(table)
+    console.print(f"searched: {', '.join(search.params)} · sampler {search.sampler.type} (seed "
+                  f"{search.sampler.seed}) · pruner {search.pruner.type} · objective "
+                  f"{search.objective}; each arm's best config is then confirmed")
+
+
+def show_search(summary: Any) -> None:
+    """Each study of a searched experiment: budget, states, best configuration."""
+    table = Table(title=f"{summary.experiment}: search (each arm tuned on the same budget)")
+    for column in ("arm", "done / budget", "complete", "pruned", "failed", "best", "best config"):
+        table.add_column(column)
+    for study in summary.search["studies"]:
+        counts, best = study["counts"], study["best"]
+        done = counts["complete"] + counts["pruned"] + counts["failed"]
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in (best or {}).get("params", {}).items())
+        table.add_row(study["label"], f"{done} / {study['budget']}", str(counts["complete"]),
+                      str(counts["pruned"]), str(counts["failed"]),
+                      f"{best['value']:.4f}" if best else "—", params or "—")
+    console.print(table)
+    for note in summary.notes:
+        console.print(f"note: {note}")
+
+
 def show_summary(summary: Any, prepared: Any) -> None:
     """What this sweep did (rtlab.sweep.SweepSummary), then every finished seed by config."""
     from rtlab.report.status import final_val_loss_by_config
+
+    if summary.search is not None:
+        show_search(summary)
 
     if summary.ran:
         table = Table(title=f"{summary.experiment}: this sweep")
@@ -212,7 +258,8 @@ def show_summary(summary: Any, prepared: Any) -> None:
                           f"{value:.4f}" if value is not None else "",
                           outcome.failure_reason or "")
         console.print(table)
-    results = final_val_loss_by_config(prepared.runs, summary.experiment, summary.tracking_uri)
+    runs = summary.confirm_runs if summary.search is not None else prepared.runs
+    results = final_val_loss_by_config(runs, summary.experiment, summary.tracking_uri)
     if results:
         table = Table(title="final val loss by arm (all finished seeds)")
         for column in ("arm", "grid point", "seeds", "mean", "sd"):
@@ -256,6 +303,15 @@ def validate(file: SpecFile, set_: SetOption = None) -> None:
         fail(str(error))
     except OSError as error:
         fail(f"{file}: {error.strerror or error}")
+    if spec.search is not None:
+        studies = len(spec.arms) * len(spec.grid_points())
+        console.print(
+            f"{file}: valid · experiment '{spec.name}' · {len(spec.arms)} arms x "
+            f"{len(spec.grid_points())} grid points = {studies} studies of "
+            f"{spec.search.budget} trials on seed(s) {spec.tune_seeds}, then each arm's best on "
+            f"seed(s) {spec.confirm_seeds}"
+        )
+        return
     plans = plan_runs(spec)
     console.print(
         f"{file}: valid · experiment '{spec.name}' · {len(spec.arms)} arms x "
@@ -325,6 +381,27 @@ def ui(
     sys.stdout.flush()
     # Become the server (no wrapper process): signals to `rtlab ui` reach MLflow itself.
     os.execv(sys.executable, command)
+
+
+@app.command()
+def dashboard(
+    file: SpecFile,
+    set_: SetOption = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL (default .rtlab/<experiment>/optuna.db).")] = None,
+    port: Annotated[int, typer.Option(help="Port (the server binds to 127.0.0.1 only).")] = 8080,
+) -> None:
+    """Open optuna-dashboard on the experiment's studies (optional extra: rtlab[dashboard])."""
+    from rtlab.spec import SpecError
+    from rtlab.sweep.dashboard import DashboardError, dashboard_launch
+
+    try:
+        launch = dashboard_launch(file, set_ or (), storage, port)
+    except (SpecError, DashboardError) as error:
+        fail(str(error))
+    console.print(f"optuna-dashboard on {launch.url} for {launch.storage} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    os.execv(launch.argv[0], launch.argv)  # become the server: signals reach it directly
 
 
 @app.command()

@@ -28,6 +28,7 @@ from rtlab.report.claims import ClaimVerdict, check_claims
 from rtlab.report.errors import ReportError
 from rtlab.report.figures import FigureMaker
 from rtlab.report.load import ExperimentData, load_experiment
+from rtlab.report.search import SearchSection, search_section
 from rtlab.report.tables import (
     deltas_markdown_rows,
     fmt_p,
@@ -379,13 +380,16 @@ def _write_report(
         mark = time.perf_counter()
         figures = FigureMaker(analysis.runs, analysis.history, analysis.arms, analysis.baseline,
                               work_dir).all()
+        search = (search_section(data.search, analysis.arms, analysis.baseline, work_dir)
+                  if data.search else SearchSection())
         seconds["figures"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        tables = _write_tables(work_dir, analysis)
+        tables = _write_tables(work_dir, analysis) + search.tables
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest = _manifest(data, spec, created, seconds)
-        blocks = _document(data, spec, analysis, figures, messages, manifest)
+        blocks = _document(data, spec, analysis, figures, messages, manifest, search.blocks)
+        figures = figures + search.figures
         (work_dir / "report.md").write_text(doc.to_markdown(blocks))
         (work_dir / "report.html").write_text(
             doc.to_html(blocks, f"rtlab report: {data.experiment_name}")
@@ -517,7 +521,7 @@ def _generator() -> dict:
 
 def _document(
     data: ExperimentData, spec: SpecInfo | None, analysis: Analysis, figures: list,
-    messages: list[str], manifest: dict,
+    messages: list[str], manifest: dict, search: list[doc.Block] | None = None,
 ) -> list[doc.Block]:
     blocks: list[doc.Block] = [doc.Heading(1, f"rtlab report: {data.experiment_name}")]
     if spec and spec.description:
@@ -526,6 +530,7 @@ def _document(
     if messages:
         blocks += [doc.Heading(2, "Data notes"), doc.Bullets(messages)]
     blocks += _summary_section(analysis)
+    blocks += search or []
     blocks += _claims_section(analysis.verdicts)
     blocks.append(doc.Heading(2, "Figures"))
     for number, figure in enumerate(figures, start=1):

@@ -33,6 +33,7 @@ from rtlab.track.names import (
     TOKENS_PER_SEC,
     TOKENS_SEEN,
     TRAIN_LOSS,
+    TUNE,
     VAL_LOSS,
 )
 from rtlab.track.records import (
@@ -42,6 +43,7 @@ from rtlab.track.records import (
     experiment_names,
     metric_histories,
     read_experiment,
+    read_search_summary,
 )
 from rtlab.track.store import local_store_path, resolve_tracking_uri, store_exists
 
@@ -67,6 +69,10 @@ class ExperimentData:
     runs: pd.DataFrame
     history: pd.DataFrame
     messages: list[str] = field(default_factory=list)  # shown in the report's "Data notes"
+    # A searched experiment: its tuning runs (left out of `runs`: every comparison uses the
+    # confirm runs) and the search summary logged on the parent (rtlab.sweep.search_summary)
+    tuning: tuple[RunRecord, ...] = ()
+    search: dict[str, Any] | None = None
 
     @property
     def experiment_name(self) -> str:
@@ -148,10 +154,11 @@ def load_experiment(experiment_name: str, tracking_uri: str | None) -> Experimen
     uri = resolve_tracking_uri(tracking_uri)
     experiment = _read_experiment(experiment_name, uri)
     messages = _parent_notes(experiment)
-    histories = _histories(uri, experiment.children)
+    children, tuning, search = _split_search(uri, experiment, messages)
+    histories = _histories(uri, children)
     run_rows, history_parts = [], []
     fallbacks: dict[str, list[str]] = {}
-    for run in experiment.children:
+    for run in children:
         own = histories.get(run.run_id, _NO_HISTORY)
         row = _run_row(run, own, messages, fallbacks)
         run_rows.append(row)
@@ -169,7 +176,30 @@ def load_experiment(experiment_name: str, tracking_uri: str | None) -> Experimen
         pd.concat(history_parts, ignore_index=True)[HISTORY_COLUMNS]
         if history_parts else pd.DataFrame(columns=HISTORY_COLUMNS)
     )
-    return ExperimentData(experiment, runs, history, messages)
+    return ExperimentData(experiment, runs, history, messages, tuning, search)
+
+
+def _split_search(
+    uri: str, experiment: ExperimentRecord, messages: list[str]
+) -> tuple[tuple[RunRecord, ...], tuple[RunRecord, ...], dict[str, Any] | None]:
+    """A searched experiment's runs: (the confirm runs, the tuning runs, the search summary);
+    any other experiment's: (its runs, (), None)."""
+    tuning = tuple(run for run in experiment.children if run.phase == TUNE)
+    children = tuple(run for run in experiment.children if run.phase != TUNE)
+    parent = experiment.parent
+    search = read_search_summary(uri, parent) if parent is not None else None
+    if not tuning and search is None:
+        return children, tuning, None
+    if not children:
+        raise ReportError(
+            f"experiment {experiment.name!r} has only tuning runs so far: the report compares "
+            "each arm's confirm runs, which start when the search is done (rtlab run FILE)")
+    messages.append(
+        f"{len(tuning)} tuning run(s) are summarised under Search; every other table and figure "
+        f"uses the {len(children)} confirm run(s) (each arm's best configuration).")
+    if search is None:
+        messages.append("no search.json on the parent run: the Search section is missing.")
+    return children, tuning, search
 
 
 def _read_experiment(experiment_name: str, uri: str) -> ExperimentRecord:

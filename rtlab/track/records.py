@@ -39,14 +39,19 @@ from rtlab.track.names import (
     MLFLOW_PARENT_TAG,
     OVERRIDES_TAG,
     PARENT,
+    PHASE_TAG,
     PYTHON_TAG,
     ROLE_TAG,
+    SEARCH_ARTIFACT,
     SEED_PARAM,
     SEED_TAG,
     SPEC_PATH_TAG,
+    STATE_TAG,
+    STUDY_TAG,
     TOKENS_SEEN,
     TORCH_TAG,
     TRAIN_LOSS,
+    TRIAL_TAG,
     VERSION_TAG,
 )
 from rtlab.track.store import runs_by_hash, store_exists
@@ -92,6 +97,11 @@ class RunRecord:
     # parents
     spec_path: str | None = None  # the file `rtlab run` read
     overrides: tuple[str, ...] | None = None  # its `--set` overrides; None: not recorded
+    # children of a searched experiment (None / "" otherwise)
+    phase: str | None = None  # names.TUNE (a trial's run) or names.CONFIRM
+    state: str = ""  # names.RUN_STATES: finished, pruned, failed, stopped
+    study: str = ""
+    trial: int | None = None  # tune: the Optuna trial number; confirm: the best trial's
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,10 @@ def to_record(run: Run) -> RunRecord:
         torch=tags.get(TORCH_TAG, ""),
         spec_path=tags.get(SPEC_PATH_TAG),
         overrides=_overrides(tags.get(OVERRIDES_TAG)),
+        phase=tags.get(PHASE_TAG) or None,
+        state=tags.get(STATE_TAG, ""),
+        study=tags.get(STUDY_TAG, ""),
+        trial=_to_int(tags.get(TRIAL_TAG)),
     )
 
 
@@ -440,3 +454,16 @@ def log_directory(tracking_uri: str, run_id: str, local_dir: Path, artifact_path
     """Upload a folder as the run's artifacts under `artifact_path` (the report, on the parent)."""
     MlflowClient(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
 
+
+
+def read_search_summary(tracking_uri: str, parent: RunRecord) -> dict[str, Any] | None:
+    """A searched experiment's `search.json` (rtlab.sweep.search_summary) from its parent run;
+    None for an experiment without a search (or an unreadable file)."""
+    if SEARCH_ARTIFACT not in artifact_files(tracking_uri, parent.run_id):
+        return None
+    text = read_text_artifact(tracking_uri, parent.run_id, SEARCH_ARTIFACT)
+    try:
+        summary = json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        return None
+    return summary if isinstance(summary, dict) else None

@@ -184,17 +184,6 @@ def runs_by_hash(client: MlflowClient, experiment_id: str) -> dict[str, Run]:
     return best
 
 
-def read_experiment_runs(name: str, tracking_uri: str) -> dict[str, Run]:
-    """Child runs by hash of an existing experiment; empty (and nothing created) if none."""
-    if not store_exists(tracking_uri):
-        return {}
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return {}
-    return runs_by_hash(client, experiment.experiment_id)
-
-
 def start_parent(
     handle: ExperimentHandle,
     spec_path: Path | None = None,

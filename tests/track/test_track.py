@@ -17,11 +17,11 @@ from rtlab.track import (
     finished_hashes,
     kill_running_children,
     resolve_tracking_uri,
-    runs_by_hash,
     setup_experiment,
     start_parent,
     store_exists,
 )
+from rtlab.track.store import runs_by_hash  # MLflow-level: for checking the store itself
 
 
 def make_run(seed: int = 0) -> RunConfig:

@@ -1,25 +1,34 @@
-"""Training throughput of rtlab's GPT per mode, next to a minimal nanoGPT-style reference.
+"""Training throughput of rtlab's GPT per mode, against the matmul limit and a nanoGPT-style GPT.
 
 Every mode (and the reference) trains the same shape on the same random batch. Modes are taken
 one at a time, in the order given: each is built and warmed up, then timed in interleaved rounds
-together with the anchors (reference and baseline, when asked for), so machine noise hits a mode
-and its anchors alike, and the table reports medians. `ratio vs ref` is the median over rounds of
-(mode tokens/s) / (reference tokens/s) from the same round. The table and JSON are rewritten
-after each mode, so a run cut short (timeout, --deadline-s) still leaves the modes it finished.
-On CPU with one thread the ratios use tokens per process-CPU-second, which other processes'
+together with the anchors (the reference, the baseline and the matmul limit at the baseline's
+shapes) and the matmul limit at its own shapes, so machine noise hits a mode and its yardsticks
+alike; the table reports medians over rounds of per-round ratios. The table and JSON are
+rewritten after each mode, so a run cut short (timeout, --deadline-s) still leaves the modes it
+finished. On CPU with one thread the rates are per process-CPU-second, which other processes'
 load on a shared machine cannot skew; wall-clock tokens/s is shown too.
 
-    python benchmarks/bench_model.py              # CPU, ~1 minute
-    python benchmarks/bench_model.py --quick      # CPU, ~15 seconds
+    python benchmarks/bench_model.py              # CPU, mini_sweep shape, ~4 minutes
+    python benchmarks/bench_model.py --quick      # CPU, ~1 minute
+    python benchmarks/bench_model.py --repo /tmp/old-checkout   # another checkout's rtlab
     python benchmarks/bench_model.py --preset gpt2 --device cuda --dtype bfloat16 --compile
     python benchmarks/bench_model.py --preset tiny --device cpu --compile   # smoke-test that path
 
-`overhead / FLOP ratio` = (time per token relative to baseline) / (FLOPs per token relative to
-baseline): 1.0 means a mode costs exactly what its extra arithmetic predicts.
+Columns:
+- `limit fraction`: the mode's model FLOP/s (METHODS §6 FLOPs per token x tokens/s) over the
+  matmul limit: the FLOP/s of plain `torch.matmul` doing exactly the matrix products of the mode's
+  linear layers in one training step (forward x W^T, and the backward's dy W and dy^T x, at the
+  mode's rows: batch x slots), with nothing else, timed in the same round. 1.0 would mean the
+  whole step ran as fast as its linear layers' matmuls alone.
+- `ratio vs ref`: (mode tokens/s) / (reference tokens/s), same round.
+- `overhead / FLOP ratio` = (time per token relative to baseline) / (FLOPs per token relative to
+  baseline): 1.0 means a mode costs exactly what its extra arithmetic predicts.
 
 The rtlab rows use `GPT.configure_optimizers` (fused AdamW on CPU and CUDA), the reference uses
 nanoGPT's optimizer choice (fused on CUDA only); the row `baseline (ref optimizer)` steps rtlab's
-baseline with the reference's optimizer, so it isolates the model's forward/backward speed.
+baseline with the reference's optimizer, and `baseline (MKL matmul)` runs rtlab's baseline with its
+linear layers on plain F.linear (rtlab.model.linear), so each isolates one of the two.
 """
 
 from __future__ import annotations
@@ -31,28 +40,26 @@ import os
 import statistics
 import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# importable without `pip install -e .` (sys.path[0] is benchmarks/ when run as a script)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rtlab.model import GPT, GPTConfig  # noqa: E402
-from rtlab.model.device import autocast_context, peak_flops, resolve_device  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------
 # The reference: a minimal straightforward GPT (nanoGPT's model, trimmed to what training needs).
 
 
 class RefBlock(nn.Module):
-    def __init__(self, C: int, H: int):
+    def __init__(self, C: int, H: int, bias: bool):
         super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-        self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+        self.ln_1, self.ln_2 = nn.LayerNorm(C, bias=bias), nn.LayerNorm(C, bias=bias)
+        self.c_attn, self.attn_proj = nn.Linear(C, 3 * C, bias=bias), nn.Linear(C, C, bias=bias)
+        self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C, bias=bias), nn.Linear(4 * C, C, bias=bias)
         self.H = H
 
     def forward(self, x):
@@ -65,11 +72,11 @@ class RefBlock(nn.Module):
 
 
 class RefGPT(nn.Module):
-    def __init__(self, V: int, T: int, L: int, H: int, C: int):
+    def __init__(self, V: int, T: int, L: int, H: int, C: int, bias: bool = True):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
-        self.blocks = nn.ModuleList([RefBlock(C, H) for _ in range(L)])
-        self.ln_f = nn.LayerNorm(C)
+        self.blocks = nn.ModuleList([RefBlock(C, H, bias) for _ in range(L)])
+        self.ln_f = nn.LayerNorm(C, bias=bias)
         self.head = nn.Linear(C, V, bias=False)
         self.head.weight = self.wte.weight
         for p in self.parameters():
@@ -87,67 +94,146 @@ class RefGPT(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 PRESETS = {
-    # name: (vocab, block_size, n_layer, n_head, n_embd, batch_size)
-    "cpu": (512, 64, 4, 4, 128, 8),
-    "tiny": (128, 32, 2, 2, 32, 2),
-    "gpt2": (50304, 1024, 12, 12, 768, 8),
+    # name: (vocab, block_size, n_layer, n_head, n_embd, batch_size, bias)
+    "mini_sweep": (65, 64, 4, 4, 128, 32, False),  # experiments/mini_sweep.yaml's model and batch
+    "cpu": (512, 64, 4, 4, 128, 8, True),
+    "tiny": (128, 32, 2, 2, 32, 2, True),
+    "gpt2": (50304, 1024, 12, 12, 768, 8, True),
 }
 
-MODES = {
+MODES: dict[str, dict] = {
     "baseline": {},
     # the same model stepped with the reference's optimizer: isolates forward/backward speed
-    "baseline (ref optimizer)": {},
-    "reasoning n=1": {"reasoning": {"n_tokens": 1, "delay": 1}},
-    "reasoning n=3": {"reasoning": {"n_tokens": 3, "delay": 1}},
-    "myopic strict fused": {"myopic": "strict", "myopic_impl": "fused"},
-    "myopic paper fused": {"myopic": "paper", "myopic_impl": "fused"},
-    "myopic strict explicit": {"myopic": "strict", "myopic_impl": "explicit"},
+    "baseline (ref optimizer)": {"optimizer": "reference"},
+    # the same model with every linear layer on plain F.linear (MKL on x86 CPUs)
+    "baseline (MKL matmul)": {"cpu_matmul": "mkl"},
+    "reasoning n=1": {"fields": {"reasoning": {"n_tokens": 1, "delay": 1}}},
+    "reasoning n=2": {"fields": {"reasoning": {"n_tokens": 2, "delay": 1}}},
+    "reasoning n=3": {"fields": {"reasoning": {"n_tokens": 3, "delay": 1}}},
+    "myopic strict fused": {"fields": {"myopic": "strict", "myopic_impl": "fused"}},
+    "myopic paper fused": {"fields": {"myopic": "paper", "myopic_impl": "fused"}},
+    "myopic strict explicit": {"fields": {"myopic": "strict", "myopic_impl": "explicit"}},
 }
+ANCHORS = ("reference", "baseline")
+
+Step = Callable[[], None]
 
 
-def build(mode: str, preset: str, device: torch.device, use_compile: bool):
-    V, T, L, H, C, _ = PRESETS[preset]
-    torch.manual_seed(0)
-    if mode == "reference":
-        model = RefGPT(V, T, L, H, C)
-        flops = None
-    else:
-        config = GPTConfig.from_dict(
-            dict(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, **MODES[mode])
-        )
-        model = GPT(config)
-        flops = model.flops_per_token()
-    model.to(device)
-    if mode == "reference" or mode == "baseline (ref optimizer)":
-        # nanoGPT's choice: the fused AdamW kernel on CUDA only (foreach elsewhere)
-        fused = {"fused": True} if device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), **fused)
-    else:
-        # rtlab's training path (what the trainer calls)
-        optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
-    step_model = torch.compile(model) if use_compile else model
-    return step_model, optimizer, flops
+def import_rtlab(repo: Path) -> types.SimpleNamespace:
+    """rtlab's model API from the checkout at `repo` (ahead of any installed copy)."""
+    sys.path.insert(0, str(repo))
+    from rtlab.model import GPT, GPTConfig
+    from rtlab.model.device import autocast_context, peak_flops, resolve_device
+
+    try:
+        from rtlab.model.linear import cpu_matmul, set_cpu_matmul
+    except ImportError:  # a checkout from before rtlab.model.linear
+        cpu_matmul = set_cpu_matmul = None
+    return types.SimpleNamespace(
+        GPT=GPT, GPTConfig=GPTConfig, autocast_context=autocast_context, peak_flops=peak_flops,
+        resolve_device=resolve_device, cpu_matmul=cpu_matmul, set_cpu_matmul=set_cpu_matmul,
+    )
 
 
-def run_steps(model, optimizer, x, y, steps: int, ctx_fn, device) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) for `steps` full training steps (forward, backward,
-    optimizer)."""
+class Bench:
+    """What every mode shares: the rtlab API, shape, device, batch and autocast."""
+
+    def __init__(self, rt: types.SimpleNamespace, args: argparse.Namespace):
+        self.rt, self.args = rt, args
+        self.V, self.T, self.L, self.H, self.C, B, self.bias = PRESETS[args.preset]
+        self.B = args.batch_size or B
+        self.device = rt.resolve_device(args.device)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, self.V, (self.B, self.T), generator=g).to(self.device)
+        self.y = torch.randint(0, self.V, (self.B, self.T), generator=g).to(self.device)
+
+    def ctx(self):
+        return self.rt.autocast_context(self.device, self.args.dtype)
+
+    def model_step(self, mode: str) -> tuple[Step, float | None, int]:
+        """(one training step, model FLOPs per token or None for the reference, slots/token)."""
+        torch.manual_seed(0)
+        spec = MODES.get(mode, {})
+        if mode == "reference":
+            model = RefGPT(self.V, self.T, self.L, self.H, self.C, self.bias)
+            flops, n1 = None, 1
+        else:
+            fields = dict(vocab_size=self.V, block_size=self.T, n_layer=self.L, n_head=self.H,
+                          n_embd=self.C, bias=self.bias, **spec.get("fields", {}))
+            model = self.rt.GPT(self.rt.GPTConfig.from_dict(fields))
+            flops, n1 = model.flops_per_token(), model.config.reasoning.n_tokens + 1
+        model.to(self.device)
+        if mode == "reference" or spec.get("optimizer") == "reference":
+            # nanoGPT's choice: the fused AdamW kernel on CUDA only (foreach elsewhere)
+            fused = {"fused": True} if self.device.type == "cuda" else {}
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), **fused)
+        else:  # rtlab's training path (what the trainer calls)
+            optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), self.device.type)
+        step_model = torch.compile(model) if self.args.compile else model
+        matmul = spec.get("cpu_matmul")
+
+        def step() -> None:
+            with self.ctx():
+                _, loss = step_model(self.x, self.y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        if matmul is None:
+            return step, flops, n1
+
+        def step_with_matmul() -> None:
+            before = self.rt.cpu_matmul()
+            self.rt.set_cpu_matmul(matmul)
+            try:
+                step()
+            finally:
+                self.rt.set_cpu_matmul(before)
+
+        return step_with_matmul, flops, n1
+
+    def limit_step(self, n1: int) -> tuple[Step, float]:
+        """(the matrix products of one training step's linear layers, their FLOPs) for n1 slots
+        per token: each block's four linears at batch x slots rows, the LM head at the main
+        slots; forward x W^T, backward dy W and dy^T x; plain torch.matmul, nothing else."""
+        C, rows = self.C, self.B * self.T * n1
+        shapes = [(rows, C, 3 * C), (rows, C, C), (rows, C, 4 * C), (rows, 4 * C, C)] * self.L
+        shapes.append((self.B * self.T, C, self.V))
+        g = torch.Generator().manual_seed(1)
+        made: dict[tuple, tuple] = {}
+        for shape in set(shapes):
+            r, k, n = shape
+            made[shape] = tuple(
+                torch.randn(*dims, generator=g).to(self.device) for dims in ((r, k), (n, k), (r, n))
+            )
+        work = [made[s] for s in shapes]
+        flops = float(sum(3 * 2 * r * k * n for r, k, n in shapes))
+
+        def step() -> None:
+            with self.ctx():
+                for x, w, dy in work:
+                    torch.matmul(x, w.t())  # forward
+                    torch.matmul(dy, w)  # gradient of the input
+                    torch.matmul(dy.t(), x)  # gradient of the weight
+
+        return step, flops
+
+
+def time_steps(step: Step, steps: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for `steps` calls of step."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        with ctx_fn():
-            _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, time.process_time() - c0
 
 
 def target_checks(rows: list[dict], preset: str, device: torch.device) -> list[str]:
-    """The targets of issue 2, for the modes present in this run."""
+    """The targets of issue 15 (CPU, one thread) and of issue 2 (GPT-2-small on CUDA), for the
+    modes present in this run."""
     by_mode = {row["mode"]: row for row in rows}
     checks = []
 
@@ -155,64 +241,61 @@ def target_checks(rows: list[dict], preset: str, device: torch.device) -> list[s
         if not math.isnan(value):
             checks.append(f"- target {name}: {value:.3g} -> {'PASS' if ok else 'FAIL'}")
 
-    if "baseline" in by_mode and "reference" in by_mode:
-        ratio = by_mode["baseline"]["ratio_vs_reference"]
-        check("baseline / reference throughput >= 1.0", ratio, ratio >= 1.0)
-    if preset == "gpt2" and device.type == "cuda" and "baseline" in by_mode:
-        rate = by_mode["baseline"]["tokens_per_s"]
+    base = by_mode.get("baseline")
+    if base is not None:
+        check("baseline limit fraction >= 0.60", base["limit_fraction"],
+              base["limit_fraction"] >= 0.60)
+        if "reference" in by_mode:
+            check("baseline / reference throughput >= 1.25", base["ratio_vs_reference"],
+                  base["ratio_vs_reference"] >= 1.25)
+    if preset == "gpt2" and device.type == "cuda" and base is not None:
+        rate = base["tokens_per_s"]
         check("GPT-2-small baseline tokens/s >= 450k", rate, rate >= 450e3)
-    if "reasoning n=1" in by_mode:
-        over = by_mode["reasoning n=1"]["overhead_over_flop_ratio"]
-        check("reasoning n=1 step time <= 1.15 x baseline x FLOP ratio", over, over <= 1.15)
-    if "myopic strict fused" in by_mode:
-        t = by_mode["myopic strict fused"]["time_per_token_vs_baseline"]
-        check("myopic (fused) time per token <= 1.3 x baseline", t, t <= 1.3)
+    for mode, row in by_mode.items():
+        if mode.startswith("reasoning"):
+            over = row["overhead_over_flop_ratio"]
+            check(f"{mode} step <= 1.05 x (FLOP ratio x baseline step)", over, over <= 1.05)
+        if mode.startswith("myopic") and mode.endswith("fused"):
+            t = row["time_per_token_vs_baseline"]
+            check(f"{mode} time per token <= 1.1 x baseline", t, t <= 1.1)
     return checks
 
 
-ANCHORS = ("reference", "baseline")
-
-
-def summarize(
-    modes_done: list[str], samples: dict, flops_of: dict, use_cpu_time: bool, peak: float | None
-) -> list[dict]:
-    """One row per finished mode from its per-round samples (each paired with the anchors'
-    rates measured in the same round)."""
-    baseline_flops = flops_of.get("baseline")
+def summarize(modes_done: list[str], samples: dict, info: dict, use_cpu_time: bool,
+              peak: float | None) -> list[dict]:
+    """One row per finished mode from its per-round samples (each paired with the anchors' rates
+    and the matmul limit measured in the same round)."""
+    base_flops = info["baseline"]["flops"] if "baseline" in info else None
     rows = []
     for mode in modes_done:
         runs = samples[mode]
-        flops = flops_of[mode] if mode != "reference" else baseline_flops
-        median_rate = statistics.median(s["rate"] for s in runs)
-        median_wall_rate = statistics.median(s["wall"] for s in runs)
-        with_ref = [s["rate"] / s["ref"] for s in runs if s["ref"] is not None]
-        ratio_ref = statistics.median(with_ref) if with_ref else math.nan
-        with_base = [s["base"] / s["rate"] for s in runs if s["base"] is not None]
-        if with_base and flops is not None and baseline_flops is not None:
-            time_ratio = statistics.median(with_base)
-            flop_ratio = flops / baseline_flops
-        else:
-            time_ratio = flop_ratio = math.nan
-        mfu = median_wall_rate * flops / peak if (peak and flops) else math.nan
-        rows.append(
-            dict(
-                mode=mode,
-                tokens_per_s=median_wall_rate,
-                tokens_per_cpu_s=median_rate if use_cpu_time else math.nan,
-                ratio_vs_reference=ratio_ref,
-                time_per_token_vs_baseline=time_ratio,
-                flop_ratio_vs_baseline=flop_ratio,
-                overhead_over_flop_ratio=time_ratio / flop_ratio,
-                mfu=mfu,
-                rounds=len(runs),
-            )
-        )
+        flops = info[mode]["flops"] if mode != "reference" else base_flops
+
+        def median(values: list[float]) -> float:
+            return statistics.median(values) if values else math.nan
+
+        ratio_ref = median([s["rate"] / s["ref"] for s in runs if s["ref"] is not None])
+        time_ratio = median([s["base"] / s["rate"] for s in runs if s["base"] is not None])
+        flop_ratio = flops / base_flops if (flops and base_flops) else math.nan
+        limit_fraction = (median([s["rate"] * flops / s["limit"] for s in runs])
+                          if flops else math.nan)
+        wall_rate = median([s["wall"] for s in runs])
+        rows.append(dict(
+            mode=mode, tokens_per_s=wall_rate,
+            tokens_per_cpu_s=median([s["rate"] for s in runs]) if use_cpu_time else math.nan,
+            limit_fraction=limit_fraction,
+            limit_gflops=median([s["limit"] for s in runs]) / 1e9,
+            ratio_vs_reference=ratio_ref, time_per_token_vs_baseline=time_ratio,
+            flop_ratio_vs_baseline=flop_ratio, overhead_over_flop_ratio=time_ratio / flop_ratio,
+            mfu=wall_rate * flops / peak if (peak and flops) else math.nan, rounds=len(runs),
+        ))
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="model shape and batch (default: mini_sweep on CPU, gpt2 on CUDA)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--compile", action="store_true")
@@ -222,19 +305,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--modes", default=",".join(["reference", *MODES]))
-    parser.add_argument("--quick", action="store_true", help="about 15 s on CPU")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose rtlab runs")
     parser.add_argument("--out", type=Path, default=None, help="write table.md + results.json")
     parser.add_argument(
-        "--deadline-s",
-        type=float,
-        default=None,
+        "--deadline-s", type=float, default=None,
         help="start no further mode once this many seconds would be exceeded (estimated from "
         "the slowest mode so far); the modes finished are reported",
     )
     args = parser.parse_args(argv)
-    started = time.perf_counter()
+    unknown = [m for m in args.modes.split(",") if m.strip() and m.strip() != "reference"
+               and m.strip() not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from reference, {', '.join(MODES)}")
+    if args.preset is None:
+        args.preset = "gpt2" if args.device.startswith("cuda") else "mini_sweep"
+    return args
 
-    device = resolve_device(args.device)
+
+def header_line(bench: Bench, args: argparse.Namespace, rounds: int, steps: int,
+                use_cpu_time: bool) -> str:
+    device, rt = bench.device, bench.rt
+    matmul = rt.cpu_matmul() if rt.cpu_matmul is not None else "F.linear (no rtlab.model.linear)"
+    return (
+        f"rtlab GPT training throughput: preset {args.preset} (V={bench.V}, T={bench.T}, "
+        f"L={bench.L}, H={bench.H}, C={bench.C}, B={bench.B}, bias={bench.bias}), device "
+        f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+                            else f", rtlab CPU linears: {matmul}")
+        + f", dtype {args.dtype}, compile {args.compile}, threads {torch.get_num_threads()}, "
+        f"{rounds} interleaved rounds x {steps} steps per mode (anchors and matmul limit timed "
+        f"in every round), medians; torch {torch.__version__}; rtlab from {args.repo}; "
+        + ("rates per process-CPU-second (1 thread: immune to other processes' load)"
+           if use_cpu_time else "rates per wall-clock second")
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    rt = import_rtlab(args.repo.resolve())
+    bench = Bench(rt, args)
+    device = bench.device
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -243,103 +354,97 @@ def main(argv: list[str] | None = None) -> dict:
     rounds = args.rounds or (3 if args.quick else 8)
     steps = args.steps or (2 if args.quick else 6)
     if device.type == "cuda":
-        steps = args.steps or 10
-        rounds = args.rounds or 3
-    V, T, L, H, C, B = PRESETS[args.preset]
-    B = args.batch_size or B
+        steps, rounds = args.steps or 10, args.rounds or 3
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m != "reference" and m not in MODES]
-    if unknown:
-        parser.error(f"unknown mode(s) {unknown}; choose from reference, {', '.join(MODES)}")
+    if rt.set_cpu_matmul is None:
+        modes = [m for m in modes if "cpu_matmul" not in MODES.get(m, {})]
     # anchors first, so every later mode is timed next to them
     modes = [m for m in ANCHORS if m in modes] + [m for m in modes if m not in ANCHORS]
-
-    def ctx_fn():
-        return autocast_context(device, args.dtype)
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, V, (B, T), generator=g).to(device)
-    y = torch.randint(0, V, (B, T), generator=g).to(device)
-
-    tokens_per_round = B * T * steps
     # On a shared CPU box, other processes steal wall time but not this process's CPU time:
     # with one thread, tokens per CPU-second measures the work itself, so ratios on CPU use it.
     use_cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
-    peak = peak_flops(device)
-    header = (
-        f"rtlab GPT training throughput: preset {args.preset} (V={V}, T={T}, L={L}, H={H}, "
-        f"C={C}, B={B}), device {device.type}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f", dtype {args.dtype}, compile {args.compile}, threads {torch.get_num_threads()}, "
-        f"{rounds} interleaved rounds x {steps} steps per mode (anchors timed in every round), "
-        f"medians; torch {torch.__version__}; "
-        + (
-            "ratios from process CPU time (1 thread: immune to other processes' load)"
-            if use_cpu_time
-            else "ratios from wall time"
-        )
-    )
+    header = header_line(bench, args, rounds, steps, use_cpu_time)
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
-
-    built: dict[str, tuple] = {}
-    flops_of: dict[str, float | None] = {}
-    samples: dict[str, list[dict]] = {}
-    done: list[str] = []
+    runner = Runner(bench, rounds, steps, use_cpu_time)
+    result: dict = {"header": header, "rows": [], "samples": runner.samples}
     slowest_mode_s = 0.0
-    result: dict = {"header": header, "rows": [], "samples": samples}
     for mode in modes:
         elapsed = time.perf_counter() - started
         if args.deadline_s is not None and elapsed + slowest_mode_s > args.deadline_s:
-            print(
-                f"  deadline: skipping {mode} and later modes ({elapsed:.0f} s used)",
-                file=sys.stderr,
-            )
+            print(f"  deadline: skipping {mode} and later modes ({elapsed:.0f} s used)",
+                  file=sys.stderr)
             break
         mode_t0 = time.perf_counter()
-        model, optimizer, flops = build(mode, args.preset, device, args.compile)
-        run_steps(model, optimizer, x, y, args.warmup, ctx_fn, device)  # compile, allocator
-        built[mode], flops_of[mode] = (model, optimizer), flops
-        print(f"  warmed up {mode:24s} in {time.perf_counter() - mode_t0:6.1f} s", file=sys.stderr)
-        group = [m for m in ANCHORS if m in built and m != mode] + [mode]
-        samples.setdefault(mode, [])
-        for r in range(rounds):
-            # rotate the order each round so no mode always runs right after a given other one
-            rates, walls = {}, {}
-            for m in group[r % len(group) :] + group[: r % len(group)]:
-                wall, cpu = run_steps(*built[m], x, y, steps, ctx_fn, device)
-                walls[m] = tokens_per_round / wall
-                rates[m] = tokens_per_round / (cpu if use_cpu_time else wall)
-            for m in group:
-                samples.setdefault(m, []).append(
-                    dict(
-                        rate=rates[m],
-                        wall=walls[m],
-                        ref=rates.get("reference"),
-                        base=rates.get("baseline"),
-                    )
-                )
-        done.append(mode)
+        runner.run_mode(mode)
         slowest_mode_s = max(slowest_mode_s, time.perf_counter() - mode_t0)
         print(f"  {mode} done ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr)
-        rows = summarize(done, samples, flops_of, use_cpu_time, peak)
-        table = render(header, rows, args.preset, device)
-        result["rows"] = rows
+        result["rows"] = summarize(runner.done, runner.samples, runner.info, use_cpu_time,
+                                   rt.peak_flops(device))
         if out is not None:  # after every mode: a run cut short still leaves its numbers
             out.mkdir(parents=True, exist_ok=True)
             tag = f"bench_{args.preset}_{device.type}"
+            table = render(header, result["rows"], args.preset, device)
             (out / f"{tag}.md").write_text(table + "\n")
             (out / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str))
     print(render(header, result["rows"], args.preset, device))
     return result
 
 
+class Runner:
+    """Builds each mode, warms it up and times it in interleaved rounds with its yardsticks."""
+
+    def __init__(self, bench: Bench, rounds: int, steps: int, use_cpu_time: bool):
+        self.bench, self.rounds, self.steps, self.use_cpu_time = bench, rounds, steps, use_cpu_time
+        self.built: dict[str, Step] = {}
+        self.info: dict[str, dict] = {}  # mode -> flops per token, slots per token
+        self.limits: dict[int, tuple[Step, float]] = {}  # slots per token -> limit step, FLOPs
+        self.samples: dict[str, list[dict]] = {}
+        self.done: list[str] = []
+
+    def limit_key(self, n1: int) -> str:
+        if n1 not in self.limits:
+            self.limits[n1] = self.bench.limit_step(n1)
+            time_steps(self.limits[n1][0], 1, self.bench.device)  # warm up
+        return f"limit x{n1}"
+
+    def run_mode(self, mode: str) -> None:
+        bench, warmup = self.bench, self.bench.args.warmup
+        t0 = time.perf_counter()
+        step, flops, n1 = bench.model_step(mode)
+        time_steps(step, warmup, bench.device)  # compile, allocator, oneDNN kernels
+        self.built[mode], self.info[mode] = step, {"flops": flops, "n1": n1}
+        print(f"  warmed up {mode:24s} in {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
+        group = [m for m in ANCHORS if m in self.built and m != mode] + [mode]
+        limit_of = {m: self.limit_key(self.info[m]["n1"]) for m in group}
+        members = list(dict.fromkeys(group + list(limit_of.values())))
+        tokens = bench.B * bench.T * self.steps
+        for r in range(self.rounds):
+            rates, walls = {}, {}
+            # rotate the order each round so no member always runs right after a given other one
+            for m in members[r % len(members):] + members[: r % len(members)]:
+                if m.startswith("limit x"):
+                    limit_step, limit_flops = self.limits[int(m[len("limit x"):])]
+                    wall, cpu = time_steps(limit_step, self.steps, bench.device)
+                    rates[m] = limit_flops * self.steps / (cpu if self.use_cpu_time else wall)
+                    continue
+                wall, cpu = time_steps(self.built[m], self.steps, bench.device)
+                walls[m] = tokens / wall
+                rates[m] = tokens / (cpu if self.use_cpu_time else wall)
+            for m in group:
+                self.samples.setdefault(m, []).append(dict(
+                    rate=rates[m], wall=walls[m], ref=rates.get("reference"),
+                    base=rates.get("baseline"), limit=rates[limit_of[m]],
+                ))
+        self.done.append(mode)
+
+
 def render(header: str, rows: list[dict], preset: str, device: torch.device) -> str:
     lines = [
         header,
         "",
-        "| mode | tokens/s (wall) | tokens/CPU-s | ratio vs ref | time/token vs baseline | "
-        "FLOP ratio | overhead / FLOP ratio | MFU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | tokens/s (wall) | tokens/CPU-s | limit fraction | matmul limit GFLOP/s | "
+        "ratio vs ref | time/token vs baseline | FLOP ratio | overhead / FLOP ratio | MFU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def fmt(v: float, spec: str) -> str:
@@ -348,10 +453,11 @@ def render(header: str, rows: list[dict], preset: str, device: torch.device) -> 
     for row in rows:
         lines.append(
             f"| {row['mode']} | {row['tokens_per_s']:,.0f} | {fmt(row['tokens_per_cpu_s'], ',.0f')}"
+            f" | {fmt(row['limit_fraction'], '.3f')} | {fmt(row['limit_gflops'], '.1f')}"
             f" | {fmt(row['ratio_vs_reference'], '.3f')}"
-            f" | {fmt(row['time_per_token_vs_baseline'], '.2f')}"
-            f" | {fmt(row['flop_ratio_vs_baseline'], '.2f')}"
-            f" | {fmt(row['overhead_over_flop_ratio'], '.2f')} | {fmt(row['mfu'], '.1%')} |"
+            f" | {fmt(row['time_per_token_vs_baseline'], '.3f')}"
+            f" | {fmt(row['flop_ratio_vs_baseline'], '.3f')}"
+            f" | {fmt(row['overhead_over_flop_ratio'], '.3f')} | {fmt(row['mfu'], '.1%')} |"
         )
     lines += ["", *target_checks(rows, preset, device)]
     return "\n".join(lines)

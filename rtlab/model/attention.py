@@ -6,11 +6,13 @@ A backend answers two calls:
   shared by every layer (None, a dense boolean mask, or a FlexAttention BlockMask);
 - backend(q, k, v, mask, dropout_p): the attention output, (B, H, P, D) like q.
 
-  SDPA               baseline: nanoGPT's causal scaled_dot_product_attention, no mask
+  SDPA               baseline: nanoGPT's causal scaled_dot_product_attention, no mask; also
+                     reasoning slots with delay 1 under 'auto', whose slot mask is causal
   DenseMaskSDPA      reasoning slots (METHODS §2): SDPA with the dense slot mask (masks.py)
   FlexAttention      reasoning slots: FlexAttention with the BlockMask of the same rule (CUDA;
                      eager on CPU, for tests); no attention dropout
-  AutoSlotAttention  reasoning slots, 'auto': FlexAttention on CUDA, DenseMaskSDPA elsewhere
+  AutoSlotAttention  reasoning slots (delay > 1), 'auto': FlexAttention on CUDA, DenseMaskSDPA
+                     elsewhere
   MyopicAttention    myopic (METHODS §3): causal SDPA without autograd; with it the layer runs
                      myopic.py, and this backend supplies the causal BlockMask for the fused lse
 
@@ -42,13 +44,19 @@ def make_attention(
     config: GPTConfig, backend: Backend = "auto", dense_cache: dict | None = None
 ) -> Attention:
     """The backend for config's mode. backend: 'dense' = SDPA (+ dense mask); 'flex' =
-    FlexAttention (eager on CPU: for tests only); 'auto' = flex on CUDA, dense elsewhere.
+    FlexAttention (eager on CPU: for tests only); 'auto' = causal SDPA where the slot mask is
+    causal (delay 1), else flex on CUDA and dense elsewhere.
     dense_cache: where DenseMaskSDPA keeps its mask (the model's, so it outlives a backend swap)."""
     if backend not in ("auto", "dense", "flex"):
         raise ValueError(f"attention backend must be auto, dense or flex, got {backend!r}")
     if config.myopic != "off":
         return MyopicAttention(flex=backend == "flex")
     if config.reasoning.n_tokens == 0:
+        return SDPA()
+    if backend == "auto" and config.reasoning.delay == 1:
+        # With delay 1 the slot mask is exactly causal over slots (METHODS §2: a reasoning key of
+        # an earlier step is visible once t_k <= t_q - 1, i.e. always): no mask at all, SDPA's
+        # causal kernel (flash on CPU and CUDA). 'dense' still builds the mask, to check this.
         return SDPA()
     dense = DenseMaskSDPA(config, {} if dense_cache is None else dense_cache)
     flex = FlexAttention(config)

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from rtlab.config import GPTConfig
-from rtlab.model.attention import Attention, Backend, make_attention
+from rtlab.model.attention import Attention, AutoSlotAttention, Backend, make_attention
 from rtlab.model.masks import dense_reasoning_mask, flex_block_mask
 from rtlab.model.myopic import (
     fused_myopic_available,
@@ -188,8 +188,9 @@ class GPT(nn.Module):
     def set_attention_backend(self, backend: Backend) -> GPT:
         """Force the attention kernels: 'dense' = SDPA (+ dense mask) and the CPU flash kernel
         for fused myopic; 'flex' = FlexAttention everywhere (eager on CPU: for tests only);
-        'auto' (default) = flex on CUDA, dense elsewhere. The function computed is the same.
-        One backend (attention.py) serves every layer."""
+        'auto' (default) = causal SDPA where reasoning slots are causal (delay 1), else flex on
+        CUDA and dense elsewhere. The function computed is the same. One backend
+        (attention.py) serves every layer."""
         self.attention = make_attention(self.config, backend, self._dense_mask_cache)
         self.attention_backend = backend
         for block in self.transformer.h:
@@ -266,6 +267,11 @@ class GPT(nn.Module):
         B, P, C = x.size()
         if P % n1 != 0:
             raise ValueError(f"inputs_embeds length {P} is not a multiple of n_tokens+1={n1}")
+        if P > cfg.block_size * n1:
+            raise ValueError(
+                f"{P} slots exceed block_size * (n_tokens+1) = {cfg.block_size * n1} (block_size "
+                "counts timesteps)"
+            )
         T = P // n1
         mask = self._attention_mask(P, x.device)
         x = self.transformer.drop(x)
@@ -368,9 +374,11 @@ class GPT(nn.Module):
             )
         if temperature <= 0:
             raise ValueError(f"generate: temperature must be > 0, got {temperature}")
-        # The length changes every step: dense masks, not a FlexAttention kernel per length.
+        # The length changes every step: dense masks, not a FlexAttention kernel per length
+        # (only a backend that may pick flex needs the switch).
         backend = self.attention_backend
-        self.set_attention_backend("dense" if backend == "auto" else backend)
+        may_use_flex = backend == "auto" and isinstance(self.attention, AutoSlotAttention)
+        self.set_attention_backend("dense" if may_use_flex else backend)
         try:
             for _ in range(max_new_tokens):
                 idx_cond = idx[:, -cfg.block_size :]

@@ -44,7 +44,9 @@ def test_audit_catches_a_reasoning_mask_that_ignores_the_delay():
 
 
 def test_audit_catches_a_leaky_mask():
+    # delay 1 runs unmasked causal attention by default: force the mask path to corrupt it
     model = tiny_model(block_size=6, reasoning={"n_tokens": 1, "delay": 1})
+    model.set_attention_backend("dense")
     model._dense_mask_cache["cpu"] = torch.ones(12, 12, dtype=torch.bool)
     failed = {r.name for r in audit_model(model) if not r.passed}
     assert "leak" in failed

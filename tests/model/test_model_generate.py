@@ -46,12 +46,20 @@ def test_generate_refuses_the_regression_head():
 
 def test_generation_keeps_one_dense_mask_whatever_the_context_lengths():
     """Every context length slices one block_size-sized mask; none is cached per length."""
-    model = tiny_model(block_size=12, reasoning={"n_tokens": 2, "delay": 1})
+    model = tiny_model(block_size=12, reasoning={"n_tokens": 2, "delay": 2})
     prompt, _ = tiny_batch(model, T=2)
     model.generate(prompt, 20, top_k=1)  # lengths 2..12, then sliding at 12
     assert len(model._dense_mask_cache) == 1
     (mask,) = model._dense_mask_cache.values()
     assert mask.shape == (12 * 3, 12 * 3)
+
+
+def test_generation_with_delay_1_builds_no_mask():
+    """With delay 1 the slot mask is causal: generation, like training, runs unmasked SDPA."""
+    model = tiny_model(block_size=12, reasoning={"n_tokens": 2, "delay": 1})
+    prompt, _ = tiny_batch(model, T=2)
+    model.generate(prompt, 20, top_k=1)
+    assert model._dense_mask_cache == {}
 
 
 def test_sliced_dense_mask_equals_the_mask_built_for_that_length():

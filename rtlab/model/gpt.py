@@ -7,6 +7,7 @@ modules beside this one:
 - attention.py: the attention backends (causal SDPA, dense-mask SDPA, FlexAttention, and the
   myopic layers' mask), one per model, chosen at construction or by `set_attention_backend`;
 - masks.py: which slots may attend which with reasoning tokens (dense mask and BlockMask);
+- linear.py: the blocks' linear layers, nn.Linear whose CPU float32 products take oneDNN;
 - myopic.py: myopic attention's autograd functions, explicit and fused, with their math.
 """
 
@@ -21,6 +22,7 @@ from torch.nn import functional as F
 
 from rtlab.config import GPTConfig
 from rtlab.model.attention import Attention, AutoSlotAttention, Backend, make_attention
+from rtlab.model.linear import Linear
 from rtlab.model.masks import dense_reasoning_mask, flex_block_mask
 from rtlab.model.myopic import (
     fused_myopic_available,
@@ -63,8 +65,8 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
@@ -124,9 +126,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -157,8 +157,8 @@ def resolve_search_sections(
     the tuning seeds' to the smallest seed that is not a confirm seed."""
     if raw_search is None:
         if raw_confirm is not None:
-            message = ("confirm: reruns each arm's best configuration of a search: add a "
-                       "`search:` section, or remove `confirm:`")
+            message = ("a confirm section reruns the best configuration of each arm's search: "
+                       "add a `search:` section, or remove `confirm:`")
             return None, None, [Issue(("confirm",), message, at_key=True)]
         return None, None, []
     search, issues = check_search_section(raw_search)

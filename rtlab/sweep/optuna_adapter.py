@@ -87,4 +87,7 @@ def claim_waiting(storage: BaseStorage, study_id: int, url: str) -> FrozenTrial 
 def trial_of(study: optuna.Study, trial_id: int) -> optuna.Trial:
     """The `Trial` of a trial this process claimed (moved to RUNNING itself): what `ask()` returns
     for a trial it popped. Its sampler and pruner are the `study` object's."""
+    # `ask()` pops through the study's own (caching) storage, which so learns the trial; a trial
+    # claimed on the storage directly must be read through the study once before it is written.
+    study.get_trials(deepcopy=False)
     return optuna.Trial(study, trial_id)

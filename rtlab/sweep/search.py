@@ -63,9 +63,9 @@ SECONDS_ATTR = "seconds"  # wall time from claim to tell
 SAMPLE_SECONDS_ATTR = "sample_seconds"  # claiming and sampling (the sampler's overhead)
 PRUNE_SECONDS_ATTR = "prune_seconds"  # reporting and asking the pruner
 FAILURE_ATTR = "failure_reason"
+PRUNED_AT_ATTR = "pruned_at_step"  # set as the pruner decides (before the step's checkpoint)
 # Trial system attrs (besides the queue's host, pid, heartbeat and stale)
 STOPPED_ATTR = "rtlab.stopped"  # stopped on request: run again by the next `rtlab run`
-REQUEUED_ATTR = "rtlab.requeued"  # a failed (stale or stopped) trial already enqueued again
 
 ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 
@@ -164,18 +164,16 @@ class SearchStudies:
         budget = self.plans[name].search.budget
         trials = self.trials(name)
         taken = {slot_of(t) for t in trials if counts_towards_budget(t)}
+        continued = {t.user_attrs.get(RESUME_OF_ATTR) for t in trials}
         study = self.study(name)
         requeued = []
         for trial in trials:
-            attrs = trial.system_attrs
             if trial.state != TrialState.FAIL or counts_towards_budget(trial):
                 continue
-            if attrs.get(REQUEUED_ATTR) or slot_of(trial) in taken or slot_of(trial) >= budget:
+            if trial.number in continued or slot_of(trial) in taken or slot_of(trial) >= budget:
                 continue
             study.enqueue_trial(dict(trial.params), user_attrs={
                 SLOT_ATTR: slot_of(trial), PHASE_ATTR: "tune", RESUME_OF_ATTR: trial.number})
-            self.storage.set_trial_system_attr(
-                adapter.trial_id(self.storage, self.ids[name], trial), REQUEUED_ATTR, True)
             taken.add(slot_of(trial))
             requeued.append(trial.number)
         return requeued

@@ -27,6 +27,7 @@ from rtlab.sweep.search import (
     FLOPS_ATTR,
     HASHES_ATTR,
     PRUNE_SECONDS_ATTR,
+    PRUNED_AT_ATTR,
     RUN_IDS_ATTR,
     RUN_NAMES_ATTR,
     SAMPLE_SECONDS_ATTR,
@@ -100,9 +101,13 @@ class TrialWatch:
     """Reports a trial's validation losses to Optuna and asks its pruner, run by run; after a
     resume, first re-reports what the dead trial had reported before the run's checkpoint."""
 
-    def __init__(self, trial: optuna.Trial, earlier: dict[int, float]) -> None:
+    def __init__(self, trial: optuna.Trial, earlier: dict[int, float],
+                 pruned_earlier: int | None = None) -> None:
         self.trial = trial
         self.earlier = earlier  # intermediate values of the dead trial this one continues
+        # The step (over all seeds) at which the pruner stopped the dead trial: its checkpoint
+        # may be past that evaluation, so the decision is kept rather than asked again.
+        self.pruned_earlier = pruned_earlier
         self.reported: set[int] = set()
         self.pruned_at: int | None = None
         self.seconds = 0.0  # reporting and asking the pruner
@@ -111,6 +116,10 @@ class TrialWatch:
 
     def start_run(self, offset: int, max_iters: int) -> None:
         self.offset, self.max_iters = offset, max_iters
+        earlier = self.pruned_earlier
+        if earlier is not None and offset < earlier <= offset + max_iters:
+            self.pruned_at = earlier - offset  # the run stops before its first step
+            self.backfill(earlier + 1)
 
     def backfill(self, before: int) -> None:
         for step in sorted(s for s in self.earlier if s < before and s not in self.reported):
@@ -128,6 +137,7 @@ class TrialWatch:
             self.reported.add(at)
         if step < self.max_iters and self.trial.should_prune():
             self.pruned_at = step
+            self.trial.set_user_attr(PRUNED_AT_ATTR, at)
         self.seconds += time.perf_counter() - start
 
 
@@ -191,7 +201,8 @@ class TuneTrial:
         original = self._duplicate_of(runs[0].config_hash)
         if original is not None:
             return self._reuse(trial, original)
-        watch = TrialWatch(trial, self._earlier_values())
+        earlier, pruned_earlier = self._earlier()
+        watch = TrialWatch(trial, earlier, pruned_earlier)
         outcomes: list[RunOutcome] = []
         for index, run in enumerate(runs):
             offset = index * run.train.max_iters
@@ -206,11 +217,13 @@ class TuneTrial:
         trial.set_user_attr(PRUNE_SECONDS_ATTR, watch.seconds)
         return outcomes
 
-    def _earlier_values(self) -> dict[int, float]:
+    def _earlier(self) -> tuple[dict[int, float], int | None]:
+        """What the dead trial this one continues had reported, and where it was pruned."""
         if self.claimed.resume_of is None:
-            return {}
+            return {}, None
         dead = self.studies.trial_by_number(self.plan.study_name, self.claimed.resume_of)
-        return dict(dead.intermediate_values)
+        pruned = dead.user_attrs.get(PRUNED_AT_ATTR)
+        return dict(dead.intermediate_values), None if pruned is None else int(pruned)
 
     def _duplicate_of(self, config_hash: str) -> FrozenTrial | None:
         """A trial of this study that ran (or runs) the same config: wait for a running one."""

@@ -1,0 +1,238 @@
+"""Searched experiments on real stores: every arm's study spends exactly its budget, pruned
+trials end pruned in Optuna and MLflow, the confirm runs rerun each arm's best configuration, a
+SIGKILLed search resumes to the same result, and two workers neither duplicate nor overrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from rtlab.config import StudyPlan
+from rtlab.plan import trial_run
+from rtlab.sweep import SweepOptions, prepare_experiment, run_sweep
+from rtlab.sweep.queue import default_storage_url, experiment_state_dir, open_storage
+from rtlab.sweep.search import (
+    PRUNED_AT_ATTR,
+    RESUME_OF_ATTR,
+    STOPPED_ATTR,
+    SearchChanged,
+    SearchStudies,
+    counts_towards_budget,
+    slot_of,
+    slot_seed,
+)
+from rtlab.track.names import SEARCH_ARTIFACT
+from tests.helpers.search_spec import TWO_ARMS, write_search_spec
+from tests.helpers.tiny_spec import subprocess_env
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def studies_of(workdir: Path, name: str, plans: list[StudyPlan]) -> SearchStudies:
+    url = default_storage_url(experiment_state_dir(name, workdir / ".rtlab"))
+    return SearchStudies.open(url, [plan.study_name for plan in plans])
+
+
+def runs_by_phase(workdir: Path, name: str) -> dict[str, list]:
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`rtlab.role` = 'child'")
+    phases: dict[str, list] = {}
+    for run in runs:
+        phases.setdefault(run.data.tags.get("rtlab.phase"), []).append(run)
+    return phases
+
+
+def test_slot_seeds_are_shared_by_arms_and_differ_by_slot():
+    assert slot_seed(0, 3) == slot_seed(0, 3)
+    assert len({slot_seed(0, slot) for slot in range(50)}) == 50
+    assert slot_seed(0, 1) != slot_seed(1, 1)
+
+
+def test_a_search_prunes_logs_and_confirms_the_best(store_workdir):
+    prepared = prepare_experiment(write_search_spec(store_workdir))
+    summary = run_sweep(prepared, SweepOptions(workers=1, quiet=True))
+    plan = prepared.studies[0]
+    studies = studies_of(store_workdir, "tiny_search", prepared.studies)
+    trials = studies.trials(plan.study_name)
+    # Exactly the budget, every slot once, all finished; the pruner stopped some.
+    assert sorted(slot_of(t) for t in trials) == [0, 1, 2, 3, 4]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.intermediate_values for t in trials]
+    # Real Optuna trials: sampled through suggest (with their distribution), reported values.
+    for trial in trials:
+        assert set(trial.distributions) == {"train.learning_rate"}
+        assert trial.intermediate_values and min(trial.intermediate_values) == 5
+    for trial in pruned:
+        assert max(trial.intermediate_values) < 20 and PRUNED_AT_ATTR in trial.user_attrs
+    # MLflow: a child run per trial, pruned ones KILLED and tagged pruned; a FAILED one is not.
+    phases = runs_by_phase(store_workdir, "tiny_search")
+    tune = {run.data.tags["rtlab.trial"]: run for run in phases["tune"]}
+    assert len(tune) == 5
+    for trial in trials:
+        run = tune[str(trial.number)]
+        assert float(run.data.params["train.learning_rate"]) == trial.params["train.learning_rate"]
+        assert json.loads(run.data.tags["rtlab.search_params"]) == trial.params
+        if trial.state == TrialState.PRUNED:
+            assert (run.info.status, run.data.tags["rtlab.state"]) == ("KILLED", "pruned")
+            assert run.data.tags["rtlab.pruned_at_step"] == str(max(trial.intermediate_values))
+        else:
+            assert (run.info.status, run.data.tags["rtlab.state"]) == ("FINISHED", "finished")
+    # The confirm phase reruns the argmin configuration on the confirm seeds.
+    best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    expected = trial_run(plan, best.params, 1, phase="confirm", trial=best.number)
+    [confirm] = phases["confirm"]
+    assert confirm.data.tags["rtlab.config_hash"] == expected.config_hash
+    assert confirm.info.status == "FINISHED" and confirm.data.tags["rtlab.trial"] == str(
+        best.number)
+    assert [r.config_hash for r in summary.confirm_runs] == [expected.config_hash]
+    # search.json on the parent run says the same.
+    client = MlflowClient(f"sqlite:///{store_workdir / 'mlflow.db'}")
+    parent = client.get_run(confirm.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+    logged = json.loads(client.download_artifacts(parent.info.run_id, SEARCH_ARTIFACT,
+                                                  str(store_workdir)) and
+                        (store_workdir / SEARCH_ARTIFACT).read_text())
+    [study] = logged["studies"]
+    assert study["best"]["number"] == best.number and study["budget"] == 5
+    assert study["counts"]["pruned"] == len(pruned)
+    assert sum(t["steps"] for t in study["trials"]) < 5 * 20  # pruning saved steps
+
+
+def test_a_changed_search_is_refused_and_force_starts_afresh(store_workdir):
+    spec = write_search_spec(store_workdir, trials=2)
+    run_sweep(prepare_experiment(spec), SweepOptions(workers=1, quiet=True))
+    changed = ["search.params.train.learning_rate.high=0.1"]
+    with pytest.raises(SearchChanged, match="--force"):
+        run_sweep(prepare_experiment(spec, changed), SweepOptions(workers=1, quiet=True))
+    more = prepare_experiment(spec, ["search.trials=3"])  # a bigger budget continues the study
+    summary = run_sweep(more, SweepOptions(workers=1, quiet=True))
+    [study] = summary.search["studies"]
+    assert study["budget"] == 3 and len(study["trials"]) == 3
+    prepared = prepare_experiment(spec, changed)
+    summary = run_sweep(prepared, SweepOptions(workers=1, quiet=True, force=True))
+    [study] = summary.search["studies"]
+    assert len(study["trials"]) == 2
+    assert all(t["params"]["train.learning_rate"] <= 0.1 for t in study["trials"])
+
+
+def test_dead_and_stopped_trials_are_enqueued_again_with_their_values(store_workdir):
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=3))
+    plan = prepared.studies[0]
+    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
+    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
+    studies = SearchStudies.create(url, prepared.studies)
+    assert studies.top_up() == 3
+    first = studies.claim()
+    assert first is not None and first.slot == 0
+    study = studies.study(plan.study_name)
+    trial = optuna.Trial(study, first.trial_id)
+    trial.suggest_float("train.learning_rate", 1e-4, 0.3, log=True)
+    trial.report(2.5, 5)
+    studies.storage.set_trial_system_attr(first.trial_id, "rtlab.pid", 2**22 + 12345)  # dead
+    second = studies.claim()
+    assert second is not None and second.slot == 1
+    studies.storage.set_trial_system_attr(second.trial_id, STOPPED_ATTR, True)
+    studies.storage.set_trial_state_values(second.trial_id, TrialState.FAIL)
+    again = studies.recover()
+    assert sorted(n for _, n in again) == [first.number, second.number]
+    trials = studies.trials(plan.study_name)
+    counted = [t for t in trials if counts_towards_budget(t)]
+    assert sorted(slot_of(t) for t in counted) == [0, 1, 2] and len(trials) == 5
+    assert studies.top_up() == 3  # nothing added: every slot has its trial
+    resumed = studies.claim()
+    assert resumed is not None and (resumed.slot, resumed.resume_of) == (0, first.number)
+    claimed = studies.trial_by_number(plan.study_name, resumed.number)
+    assert claimed.user_attrs[RESUME_OF_ATTR] == first.number
+
+
+@pytest.mark.slow
+def test_two_workers_spend_exactly_the_budget_without_duplicates(store_workdir):
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=6, variants=TWO_ARMS))
+    summary = run_sweep(prepared, SweepOptions(workers=2, quiet=True))
+    assert {o.worker for o in summary.outcomes} == {0, 1}
+    studies = studies_of(store_workdir, "tiny_search", prepared.studies)
+    for plan in prepared.studies:
+        trials = studies.trials(plan.study_name)
+        assert len(trials) == 6 and sorted(slot_of(t) for t in trials) == list(range(6))
+        assert all(t.state in FINISHED for t in trials)
+        hashes = [t.user_attrs["config_hashes"][0] for t in trials]
+        assert len(set(hashes)) == 6, hashes
+        assert len({t.params["train.learning_rate"] for t in trials}) == 6
+    assert len(summary.confirm_runs) == 2
+
+
+def _search_state(workdir: Path, plans: list[StudyPlan]) -> dict[str, list]:
+    """Per study: (slot, state, params, value) of the trials that count, by slot; the best."""
+    studies = studies_of(workdir, "tiny_search", plans)
+    state = {}
+    for plan in plans:
+        counted = sorted((t for t in studies.trials(plan.study_name) if counts_towards_budget(t)),
+                         key=slot_of)
+        best = studies.best(plan.study_name)
+        state[plan.study_name] = [
+            [(slot_of(t), t.state.name, t.params, t.value, dict(t.intermediate_values))
+             for t in counted],
+            (best.params, best.value) if best else None,
+        ]
+    return state
+
+
+def _rtlab_run(workdir: Path, spec: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rtlab.cli", "run", str(spec), "--workers", "1", "--quiet",
+         "--no-check"],
+        cwd=workdir, env=subprocess_env(workdir), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _running_with_values(workdir: Path) -> bool:
+    """A trial is half way (RUNNING with reported values) after at least two have finished."""
+    database = experiment_state_dir("tiny_search", workdir / ".rtlab") / "optuna.db"
+    if not database.exists():
+        return False
+    try:
+        storage = open_storage(f"sqlite:///{database}")
+        trials = [t for s in storage.get_all_studies() if s.study_name != "tiny_search"
+                  for t in storage.get_all_trials(s._study_id, deepcopy=False)]
+    except Exception:  # the store is being created
+        return False
+    finished = sum(t.state in FINISHED for t in trials)
+    return finished >= 2 and any(
+        t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in trials)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_search_resumes_to_the_same_result(tmp_path):
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    specs = {}
+    for workdir in (uninterrupted, killed):
+        workdir.mkdir()
+        specs[workdir] = write_search_spec(workdir, trials=5, max_iters=40,
+                                           checkpoint_interval=10, variants=TWO_ARMS)
+    assert _rtlab_run(uninterrupted, specs[uninterrupted]).wait(timeout=600) == 0
+    process = _rtlab_run(killed, specs[killed])
+    deadline = time.monotonic() + 300
+    while not _running_with_values(killed):
+        assert process.poll() is None and time.monotonic() < deadline, "never half way"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert _rtlab_run(killed, specs[killed]).wait(timeout=600) == 0
+    plans = prepare_experiment(specs[uninterrupted]).studies
+    assert _search_state(killed, plans) == _search_state(uninterrupted, plans)
+    studies = studies_of(killed, "tiny_search", plans)
+    resumed = [t for p in plans for t in studies.trials(p.study_name)
+               if RESUME_OF_ATTR in t.user_attrs]
+    assert resumed, "the kill left no trial to resume"

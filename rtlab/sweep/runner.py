@@ -137,6 +137,7 @@ class SweepOptions:
     storage_url: str | None = None  # Optuna storage; default .rtlab/<experiment>/optuna.db
     state_root: Path = Path(".rtlab")
     quiet: bool = False
+    confirm: bool = True  # a searched experiment: run the confirm phase after tuning
 
 
 @dataclass
@@ -465,7 +466,7 @@ def run_search(
                      f"{stores.handle.tracking_uri}")
     outcomes, stopped = work(stores, configs, display, None, phases, phase="tuning")
     result = SearchResult(stores, outcomes, stopped, len(configs))
-    if stopped or not stores.search.complete():
+    if stopped or not stores.search.complete() or not options.confirm:
         return result.summary(started_at, phases)
     result.runs, result.notes = confirm_runs(stores.search)
     with _timed(phases, "queue confirm"):

@@ -27,6 +27,14 @@ SPEC_HASHES = {
         "myopic-s0": "fc17e05f404c",
         "myopic-s1": "51ce283a3983",
     },
+    "mini_tune.yaml": {  # a searched experiment: each arm's config before its values are sampled
+        "baseline-s0": "bdeeb2c79de7",
+        "baseline-s1": "bffae3a5274a",
+        "reasoning_1-s0": "55381ab477e4",
+        "reasoning_1-s1": "d5278b3fa7ab",
+        "myopic-s0": "6b0937e99d63",
+        "myopic-s1": "31ccc793a53f",
+    },
     "myopia_synthetic.yaml": {
         "baseline-p=0.25-s0": "3889a8f5be1d",
         "baseline-p=0.25-s1": "cae717185dd2",

@@ -150,3 +150,19 @@ def test_the_budget_does_not_change_a_study_but_its_space_does():
     more = plan_studies(searched(sets=("search.trials=9",)))[0]
     other = plan_studies(searched(sets=("search.params.train.learning_rate.high=0.1",)))[0]
     assert base.fingerprint() == more.fingerprint() != other.fingerprint()
+
+
+def test_mini_tune_tunes_three_arms_on_one_budget_and_its_studies_are_pinned():
+    spec = load_spec(HERE.parents[1] / "experiments" / "mini_tune.yaml")
+    assert spec.arms == ["baseline", "reasoning_1", "myopic"]
+    assert spec.search.budget == 12 and set(spec.search.params) == {
+        "train.learning_rate", "train.warmup_iters"}
+    assert spec.search.pruner.type == "median" and spec.search.sampler.type == "tpe"
+    assert spec.tune_seeds == [2] and spec.confirm_seeds == [0, 1]
+    assert spec.confirm.max_iters == 600
+    # A study's fingerprint is its identity across runs (a changed one refuses to resume).
+    assert {p.study_name: p.fingerprint() for p in plan_studies(spec)} == {
+        "mini_tune/baseline": "53ea226e5d1a",
+        "mini_tune/reasoning_1": "507769c9e9b3",
+        "mini_tune/myopic": "9e46fc27edda",
+    }

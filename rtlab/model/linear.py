@@ -1,11 +1,12 @@
 """The model's linear layers: nn.Linear, with the CPU float32 matmuls of training through oneDNN.
 
 On an x86 CPU, PyTorch runs a float32 `F.linear` on MKL's sgemm. oneDNN (shipped inside every
-x86 PyTorch build, the library behind `torch.ops.mkldnn`) runs the same product at the shapes of a
-small GPT about 10-20% faster per thread: measured on a 2-core AMD EPYC (Zen 4), one thread,
-2048 x 128 @ 128 x 384 and the other layer shapes of the mini_sweep model, 103-108 GFLOP/s
-against MKL's 80-87 (benchmarks/bench_model.py reports the MKL rate as the matmul limit). So
-`Linear.forward` computes, on that path:
+x86 PyTorch build, the library behind `torch.ops.mkldnn`) runs the same products faster at the
+shapes of a small GPT: on a 2-core AMD EPYC (Zen 4), one thread, the mini_sweep model's layers
+(2048 x 128 @ 128 x 384 and the like) ran at 100-108 GFLOP/s against MKL's 80-90 in isolation,
+and a whole training step is 4-7% faster for the baseline and 7-15% with reasoning slots (more
+rows) in benchmarks/bench_model.py (row `baseline (MKL matmul)` is the same model on F.linear).
+So `Linear.forward` computes, on that path:
 
     forward      y  = x W^T + b      oneDNN  (torch.ops.mkldnn._linear_pointwise)
     backward     dx = dy W           oneDNN  (the same op, with W^T as the weight: a strided view)

@@ -12,7 +12,8 @@ trainer's own split of that time (optimizer steps, evaluation, checkpoints, samp
 With several --repo, each arm runs once per checkout, all of them at the same time (one process
 each), so both sides of a comparison share whatever load the machine has; with two checkouts on
 two cores that is also how the sweep runs mini_sweep (2 workers x 1 thread). `--threads 2` with
-one checkout is one run alone.
+one checkout is one run alone. On a machine others are using, compare the process CPU seconds of
+training (one thread: other processes' load does not count in them) rather than the wall.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_one(repo: Path, experiment: Path, arm: str, seed: int, threads: int,
-             max_iters: int | None) -> dict:
+             max_iters: int | None, compile_model: bool = False) -> dict:
     """Train one run in this process (called in a child process) and return its timings."""
     started = time.perf_counter()
     sys.path.insert(0, str(repo))
@@ -45,17 +46,22 @@ def time_one(repo: Path, experiment: Path, arm: str, seed: int, threads: int,
     spec = load_spec(experiment)
     runs = plan_runs(spec, lambda d: load_data_section(d).fingerprint)
     run = next(r for r in runs if r.arm == arm and r.seed == seed)
-    if max_iters is not None:
-        train_cfg = run.train.model_copy(update={"max_iters": max_iters})
-        run = run.model_copy(update={"train": train_cfg})
+    changes = {"max_iters": max_iters} if max_iters is not None else {}
+    if compile_model:
+        changes["compile"] = True
+    if changes:
+        run = run.model_copy(update={"train": run.train.model_copy(update=changes)})
     dataset = load_data_section(run.data)
     imports = time.perf_counter() - started
+    cpu_start = time.process_time()
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(run, Path(run_dir), dataset)
+    train_cpu = time.process_time() - cpu_start
     return {
-        "arm": arm, "threads": threads, "steps": result.steps,
+        "arm": arm, "threads": threads, "compile": compile_model, "steps": result.steps,
         "process_wall_s": time.perf_counter() - started, "imports_data_s": imports,
-        "train_wall_s": result.wall_seconds, "step_s": result.step_seconds,
+        "train_wall_s": result.wall_seconds, "train_cpu_s": train_cpu,
+        "step_s": result.step_seconds,
         "final_val_loss": result.final_metrics["final_val_loss"],
         **{f"{k}_s": v for k, v in result.overhead_seconds.items()},
     }
@@ -67,6 +73,8 @@ def child_command(args: argparse.Namespace, arm: str, repo: Path) -> list[str]:
                "--experiment", str(args.experiment)]
     if args.max_iters is not None:
         command += ["--max-iters", str(args.max_iters)]
+    if args.compile:
+        command.append("--compile")
     return command
 
 
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-iters", type=int, default=None, help="shorten every run")
+    parser.add_argument("--compile", action="store_true", help="train with train.compile: true")
     parser.add_argument("--repo", type=Path, action="append", default=None,
                         help="a checkout whose rtlab runs (repeat: run them side by side)")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.repo = [r.resolve() for r in (args.repo or [ROOT])]
     if args.child is not None:  # one run, in this (fresh) process
         row = time_one(args.repo[0], args.experiment.resolve(), args.child, args.seed,
-                       args.threads, args.max_iters)
+                       args.threads, args.max_iters, args.compile)
         print(json.dumps(row))
         return [row]
     rows = []
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for row in run_arm(args, arm):
             rows.append(row)
             print(f"{arm:12s} {row['repo']}: threads {args.threads}: process "
-                  f"{row['process_wall_s']:6.1f} s, train {row['train_wall_s']:6.1f} s (steps "
+                  f"{row['process_wall_s']:6.1f} s, train {row['train_wall_s']:6.1f} s wall, "
+                  f"{row['train_cpu_s']:6.1f} s CPU (steps "
                   f"{row['step_s']:6.1f}, eval {row.get('eval_s', 0):5.1f}, checkpoint "
                   f"{row.get('checkpoint_s', 0):4.1f}, sample {row.get('sample_s', 0):4.1f}, "
                   f"setup {row.get('setup_s', 0):4.1f}), final val {row['final_val_loss']:.4f}",

@@ -28,7 +28,9 @@ Columns:
 The rtlab rows use `GPT.configure_optimizers` (fused AdamW on CPU and CUDA), the reference uses
 nanoGPT's optimizer choice (fused on CUDA only); the row `baseline (ref optimizer)` steps rtlab's
 baseline with the reference's optimizer, and `baseline (MKL matmul)` runs rtlab's baseline with its
-linear layers on plain F.linear (rtlab.model.linear), so each isolates one of the two.
+linear layers on plain F.linear (rtlab.model.linear), so each isolates one of the two. Opt-in rows
+`reasoning n=2 (dense mask)` and `reasoning n=2 (MKL matmul)` take away one fast path each from
+reasoning n=2 (the unmasked causal kernel delay 1 allows; the oneDNN linears).
 """
 
 from __future__ import annotations
@@ -113,7 +115,13 @@ MODES: dict[str, dict] = {
     "myopic strict fused": {"fields": {"myopic": "strict", "myopic_impl": "fused"}},
     "myopic paper fused": {"fields": {"myopic": "paper", "myopic_impl": "fused"}},
     "myopic strict explicit": {"fields": {"myopic": "strict", "myopic_impl": "explicit"}},
+    # opt-in rows (--modes) that take one fast path away from reasoning n=2
+    "reasoning n=2 (dense mask)": {"fields": {"reasoning": {"n_tokens": 2, "delay": 1}},
+                                   "backend": "dense"},
+    "reasoning n=2 (MKL matmul)": {"fields": {"reasoning": {"n_tokens": 2, "delay": 1}},
+                                   "cpu_matmul": "mkl"},
 }
+DEFAULT_MODES = ["reference", *(m for m in MODES if not m.startswith("reasoning n=2 ("))]
 ANCHORS = ("reference", "baseline")
 
 Step = Callable[[], None]
@@ -161,6 +169,8 @@ class Bench:
             fields = dict(vocab_size=self.V, block_size=self.T, n_layer=self.L, n_head=self.H,
                           n_embd=self.C, bias=self.bias, **spec.get("fields", {}))
             model = self.rt.GPT(self.rt.GPTConfig.from_dict(fields))
+            if "backend" in spec:
+                model.set_attention_backend(spec["backend"])
             flops, n1 = model.flops_per_token(), model.config.reasoning.n_tokens + 1
         model.to(self.device)
         if mode == "reference" or spec.get("optimizer") == "reference":
@@ -305,7 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
-    parser.add_argument("--modes", default=",".join(["reference", *MODES]))
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help=f"comma-separated, from: reference, {', '.join(MODES)}")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose rtlab runs")
     parser.add_argument("--out", type=Path, default=None, help="write table.md + results.json")

@@ -60,10 +60,21 @@ def assert_same_function(a: GPT, b: GPT, x, y):
 @pytest.mark.parametrize("n_tokens,delay,input_kind", [(1, 1, "duplicate"), (3, 2, "learned")])
 def test_flex_reasoning_path_equals_dense_path(n_tokens, delay, input_kind):
     mode = {"reasoning": {"n_tokens": n_tokens, "delay": delay, "input": input_kind}}
-    flex = cuda_model(**mode)  # auto on CUDA = FlexAttention block mask
+    flex = cuda_model(**mode).set_attention_backend("flex")  # FlexAttention block mask
     dense = cuda_model(**mode).set_attention_backend("dense")
     x, y = batch()
     assert_same_function(dense, flex, x, y)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3])
+def test_delay_1_causal_reasoning_path_equals_dense_path(n_tokens):
+    """auto with delay 1 = unmasked causal SDPA (the slot mask is causal), on CUDA too."""
+    mode = {"reasoning": {"n_tokens": n_tokens, "delay": 1}}
+    causal = cuda_model(**mode)
+    assert causal._attention_mask(32 * (n_tokens + 1), torch.device("cuda")) is None
+    dense = cuda_model(**mode).set_attention_backend("dense")
+    x, y = batch()
+    assert_same_function(dense, causal, x, y)
 
 
 @pytest.mark.parametrize("myopic", ["strict", "paper"])

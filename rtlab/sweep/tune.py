@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import OperationalError
 
 from rtlab.config import CategoricalParam, FloatParam, RunConfig, SearchConfig, StudyPlan
 from rtlab.sweep import optuna_adapter as adapter
@@ -45,6 +47,7 @@ from rtlab.track.names import TRIAL_TAG, VAL_LOSS
 if TYPE_CHECKING:
     from rtlab.sweep.worker import Worker
 
+T = TypeVar("T")
 DUPLICATE_POLL_SECONDS = 2.0
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -97,6 +100,19 @@ def suggest(trial: optuna.Trial, search: SearchConfig) -> dict[str, Any]:
     return values
 
 
+def _retrying(call: Callable[[], T], attempts: int = 6) -> T:
+    """A study write or read from inside training: a busy SQLite storage (another worker
+    writing) is waited out rather than failing the run."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 class TrialWatch:
     """Reports a trial's validation losses to Optuna and asks its pruner, run by run; after a
     resume, first re-reports what the dead trial had reported before the run's checkpoint."""
@@ -131,13 +147,13 @@ class TrialWatch:
             return  # the untrained model says nothing about the trial
         start = time.perf_counter()
         at = self.offset + step
-        self.backfill(at)
+        _retrying(lambda: self.backfill(at))
         if at not in self.reported:
-            self.trial.report(metrics[VAL_LOSS], at)
+            _retrying(lambda: self.trial.report(metrics[VAL_LOSS], at))
             self.reported.add(at)
-        if step < self.max_iters and self.trial.should_prune():
+        if step < self.max_iters and _retrying(self.trial.should_prune):
             self.pruned_at = step
-            self.trial.set_user_attr(PRUNED_AT_ATTR, at)
+            _retrying(lambda: self.trial.set_user_attr(PRUNED_AT_ATTR, at))
         self.seconds += time.perf_counter() - start
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 from rtlab.config import StudyPlan
 from rtlab.plan import trial_run
 from rtlab.sweep import SweepOptions, prepare_experiment, run_sweep
-from rtlab.sweep.queue import default_storage_url, experiment_state_dir, open_storage
+from rtlab.sweep.queue import default_storage_url, experiment_state_dir
 from rtlab.sweep.search import (
     PRUNED_AT_ATTR,
     RESUME_OF_ATTR,
@@ -190,27 +191,38 @@ def _search_state(workdir: Path, plans: list[StudyPlan]) -> dict[str, list]:
 
 
 def _rtlab_run(workdir: Path, spec: Path) -> subprocess.Popen:
+    log = (workdir / "rtlab-run.log").open("a")
     return subprocess.Popen(
         [sys.executable, "-m", "rtlab.cli", "run", str(spec), "--workers", "1", "--quiet",
          "--no-check"],
-        cwd=workdir, env=subprocess_env(workdir), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=workdir, env=subprocess_env(workdir), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+
+
+def _log_tail(workdir: Path) -> str:
+    return (workdir / "rtlab-run.log").read_text()[-3000:]
 
 
 def _running_with_values(workdir: Path) -> bool:
-    """A trial is half way (RUNNING with reported values) after at least two have finished."""
+    """A trial is half way (RUNNING with reported values) after at least two have finished.
+    Read with sqlite3, read-only: opening an Optuna storage writes (schema checks), which would
+    race the sweep creating it."""
     database = experiment_state_dir("tiny_search", workdir / ".rtlab") / "optuna.db"
     if not database.exists():
         return False
     try:
-        storage = open_storage(f"sqlite:///{database}")
-        trials = [t for s in storage.get_all_studies() if s.study_name != "tiny_search"
-                  for t in storage.get_all_trials(s._study_id, deepcopy=False)]
-    except Exception:  # the store is being created
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
+            finished = connection.execute(
+                "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE "
+                "study_name != 'tiny_search' AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+            ).fetchone()[0]
+            half_way = connection.execute(
+                "SELECT COUNT(*) FROM trials t WHERE t.state = 'RUNNING' AND (SELECT COUNT(*) "
+                "FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id) >= 2"
+            ).fetchone()[0]
+    except sqlite3.Error:  # not created yet, or busy: look again
         return False
-    finished = sum(t.state in FINISHED for t in trials)
-    return finished >= 2 and any(
-        t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in trials)
+    return finished >= 2 and half_way > 0
 
 
 @pytest.mark.slow
@@ -221,15 +233,16 @@ def test_a_sigkilled_search_resumes_to_the_same_result(tmp_path):
         workdir.mkdir()
         specs[workdir] = write_search_spec(workdir, trials=5, max_iters=40,
                                            checkpoint_interval=10, variants=TWO_ARMS)
-    assert _rtlab_run(uninterrupted, specs[uninterrupted]).wait(timeout=600) == 0
+    assert _rtlab_run(uninterrupted, specs[uninterrupted]).wait(timeout=600) == 0, _log_tail(
+        uninterrupted)
     process = _rtlab_run(killed, specs[killed])
     deadline = time.monotonic() + 300
     while not _running_with_values(killed):
-        assert process.poll() is None and time.monotonic() < deadline, "never half way"
-        time.sleep(0.02)
+        assert process.poll() is None and time.monotonic() < deadline, _log_tail(killed)
+        time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert _rtlab_run(killed, specs[killed]).wait(timeout=600) == 0
+    assert _rtlab_run(killed, specs[killed]).wait(timeout=600) == 0, _log_tail(killed)
     plans = prepare_experiment(specs[uninterrupted]).studies
     assert _search_state(killed, plans) == _search_state(uninterrupted, plans)
     studies = studies_of(killed, "tiny_search", plans)

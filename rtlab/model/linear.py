@@ -4,8 +4,9 @@ On an x86 CPU, PyTorch runs a float32 `F.linear` on MKL's sgemm. oneDNN (shipped
 x86 PyTorch build, the library behind `torch.ops.mkldnn`) runs the same products faster at the
 shapes of a small GPT: on a 2-core AMD EPYC (Zen 4), one thread, the mini_sweep model's layers
 (2048 x 128 @ 128 x 384 and the like) ran at 100-108 GFLOP/s against MKL's 80-90 in isolation,
-and a whole training step is 4-7% faster for the baseline and 7-15% with reasoning slots (more
-rows) in benchmarks/bench_model.py (row `baseline (MKL matmul)` is the same model on F.linear).
+and a whole training step is 4-6% faster for the baseline and about 8% with two reasoning slots
+(more rows) in benchmarks/bench_model.py (rows `baseline (MKL matmul)` and `reasoning n=2 (MKL
+matmul)` are the same models on F.linear).
 So `Linear.forward` computes, on that path:
 
     forward      y  = x W^T + b      oneDNN  (torch.ops.mkldnn._linear_pointwise)

@@ -316,10 +316,10 @@ def _check_grid_key(key: str, locator: _Locator) -> bool:
     return False
 
 
-def parse_spec(
-    text: str, file: str, overrides: Sequence[str] = (), path: Path | None = None
-) -> ExperimentSpec:
-    """Check the text of an experiment file; see `load_spec`."""
+def _read_top_level(
+    text: str, file: str, overrides: Sequence[str]
+) -> tuple[dict[str, Any], _Locator]:
+    """The file's top-level mapping with the `--set` overrides applied, and its locator."""
     raw, positions, yaml_problems = parse_yaml(text, file)
     if yaml_problems:
         raise SpecError(yaml_problems)
@@ -331,13 +331,20 @@ def parse_spec(
     if not isinstance(raw, dict):
         locator.add((), f"the top level must be a mapping of keys, got {type(raw).__name__}")
         locator.raise_if_any()
-
     # `grid:` or `claims:` left empty (e.g. every entry commented out) means none.
     for key, empty in (("grid", {}), ("claims", [])):
         if key in raw and raw[key] is None:
             raw[key] = empty
     _apply_overrides(raw, overrides, locator)
     locator.raise_if_any()
+    return raw, locator
+
+
+def parse_spec(
+    text: str, file: str, overrides: Sequence[str] = (), path: Path | None = None
+) -> ExperimentSpec:
+    """Check the text of an experiment file; see `load_spec`."""
+    raw, locator = _read_top_level(text, file, overrides)
 
     # 1. Structure.
     try:

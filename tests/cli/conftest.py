@@ -10,23 +10,10 @@ import torch
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh working directory: `rtlab run` puts mlflow.db, mlartifacts/, .rtlab/ here."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("RTLAB_DATA_DIR", str(tmp_path / "data"))
+def workdir(workdir: Path) -> Path:
+    """The shared fresh working directory, with torch on one thread (as each sweep worker)."""
     torch.set_num_threads(1)
-    return tmp_path
-
-
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store with its schema created once (the migration takes seconds)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
+    return workdir
 
 
 @pytest.fixture

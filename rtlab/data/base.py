@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -73,10 +73,19 @@ class Dataset:
     vocab_size: int | None = None
     n_features: int | None = None
 
+    # The classes a dataset sorts target positions into, so that a loss can be read per class
+    # (e.g. positions whose target needs the past vs plain copies). Empty: no classes.
+    position_class_names: ClassVar[tuple[str, ...]] = ()
+
     def batch(
         self, split: Split, index: int, batch_size: int, block_size: int, seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def position_classes(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Each position's class of a batch (x, y): int64 (B, T) indices into
+        `position_class_names`, on x's device; None for a dataset without classes."""
+        return None
 
     def encode(self, text: str) -> list[int]:
         raise DataError(f"dataset '{self.name}' has no text encoding")

@@ -57,7 +57,13 @@ def precache_targets(x: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 class PrecacheSynthetic(Dataset):
-    """Wu et al.'s pre-caching regression task (METHODS §5), with Bernoulli probability p."""
+    """Wu et al.'s pre-caching regression task (METHODS §5), with Bernoulli probability p.
+
+    Position classes: `copy` (z = 0, the target is the current input) and `needs_past` (z = 1,
+    the target sums features of the ten previous inputs: where pre-caching pays off).
+    """
+
+    position_class_names = ("copy", "needs_past")
 
     def __init__(self, p: float) -> None:
         if not 0.0 <= p <= 1.0:
@@ -93,6 +99,10 @@ class PrecacheSynthetic(Dataset):
             torch.from_numpy(y.astype(np.float32)),
         )
 
+    def position_classes(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """z itself: 0 = copy, 1 = needs_past (z is the second input feature)."""
+        return (x[..., 1] > 0.5).long()
+
 
 def pair_sum_answers(digits: np.ndarray, modulus: int) -> np.ndarray:
     """a = (sum_{i=2..w} d_{i-1} * d_i) mod M over the last axis."""
@@ -100,7 +110,13 @@ def pair_sum_answers(digits: np.ndarray, modulus: int) -> np.ndarray:
 
 
 class PrecacheDiscrete(Dataset):
-    """The discrete pre-caching LM task (module docstring): `d_1 .. d_w = a` periods."""
+    """The discrete pre-caching LM task (module docstring): `d_1 .. d_w = a` periods.
+
+    Position classes: `answer` (the input is `=`, so the target is the answer a, which needs the
+    past) and `other` (digits, which are random, and `=`, which is certain).
+    """
+
+    position_class_names = ("other", "answer")
 
     def __init__(self, n_digits: int, modulus: int) -> None:
         if n_digits < 2:
@@ -146,6 +162,10 @@ class PrecacheDiscrete(Dataset):
         windows = np.take_along_axis(stream, phase[:, None] + np.arange(block_size + 1), axis=1)
         tokens = torch.from_numpy(windows)
         return tokens[:, :-1], tokens[:, 1:]
+
+    def position_classes(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """1 (answer) where the input token is `=`, else 0 (other)."""
+        return (x == self.equals_id).long()
 
     def encode(self, text: str) -> list[int]:
         """'0189=8' (modulus <= 10) or '12 7 = 3' (space-separated numbers) -> ids."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rtlab.config import GPTConfig, ModelConfig, RunConfig, TrainConfig
 from rtlab.execute.checkpoint import (
@@ -46,6 +47,10 @@ from rtlab.model.device import autocast_context, peak_flops, resolve_device
 # Evaluation batches are drawn with this seed, whatever the run's seed: every evaluation of every
 # arm and every seed replicate sees exactly the same data, so loss differences come from the models.
 EVAL_SEED = 1_000_003
+
+# The metric of a position class's validation loss (datasets that label positions, e.g. the
+# pre-caching tasks; Dataset.position_class_names); rtlab.track.names reads it back.
+CLASS_VAL_LOSS = "val_loss/{}"
 
 # Train-config fields that may differ between the run that wrote a checkpoint and the run resuming
 # from it (where and how it runs, how often it reports), as opposed to what it computes.
@@ -175,22 +180,70 @@ def forward_backward(
     return loss_sum
 
 
+@dataclass
+class EvalLosses:
+    """One evaluation over fixed batches: the mean loss, and per position class the sum and count
+    of the per-position losses (empty lists for a dataset without classes)."""
+
+    mean: float
+    class_sums: list[float] = field(default_factory=list)
+    class_counts: list[int] = field(default_factory=list)
+
+    def class_means(self, names: tuple[str, ...]) -> dict[str, float]:
+        """{class name: mean loss over its positions}; a class absent from the batches is left
+        out (no value rather than NaN)."""
+        return {name: total / count for name, total, count
+                in zip(names, self.class_sums, self.class_counts, strict=True) if count > 0}
+
+
+def position_losses(out: torch.Tensor, y: torch.Tensor, config: GPTConfig) -> torch.Tensor:
+    """The (B, T) per-position losses at the main slots whose mean is the model's loss (without
+    loss_on_reasoning; with it the model also averages over reasoning slots). float32."""
+    out = out.float()
+    if config.head == "regression":
+        return F.huber_loss(out, y.float(), delta=config.huber_delta, reduction="none")
+    flat = F.cross_entropy(out.view(-1, out.size(-1)), y.reshape(-1), ignore_index=-1,
+                           reduction="none")
+    return flat.view(y.shape)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     autocast: Callable[[], Any],
-) -> float:
-    """Mean loss over fixed batches, in eval mode (no dropout, so no RNG is drawn)."""
+    class_ids: list[torch.Tensor] | None = None,
+    n_classes: int = 0,
+) -> EvalLosses:
+    """Mean loss over fixed batches, in eval mode (no dropout, so no RNG is drawn); with
+    `class_ids` (one (B, T) tensor per batch) also each class's loss, from the same forward pass.
+
+    The mean is the mean of the model's per-batch losses, exactly as without classes; the class
+    losses pool positions over all batches, so weighted by their counts they give that mean back
+    (batches are of equal size) up to float rounding.
+    """
     was_training = model.training
     model.eval()
     losses = []
-    for x, y in batches:
+    sums = counts = None
+    if class_ids is not None:
+        device = batches[0][0].device
+        sums = torch.zeros(n_classes, device=device)
+        counts = torch.zeros(n_classes, dtype=torch.long, device=device)
+    for index, (x, y) in enumerate(batches):
         with autocast():
-            _, loss = model(x, y)
+            out, loss = model(x, y)
         losses.append(loss.float())
+        if class_ids is not None:
+            terms = position_losses(out, y, model.config)
+            ids = class_ids[index][y != -1]  # ignored targets (ignore_index) belong to no class
+            sums.index_add_(0, ids, terms[y != -1])
+            counts += torch.bincount(ids, minlength=n_classes)
     model.train(was_training)
-    return torch.stack(losses).mean().item()  # one host sync per evaluation
+    if class_ids is None:
+        return EvalLosses(torch.stack(losses).mean().item())  # one host sync per evaluation
+    mean = torch.stack(losses).mean()
+    return EvalLosses(mean.item(), sums.tolist(), counts.tolist())
 
 
 def check_finite(value: float, quantity: str, step: int) -> None:
@@ -279,6 +332,10 @@ class TrainingLoop:
                 dataset, split, self.cfg.eval_iters, self.cfg.batch_size, self.block_size)]
             for split in ("train", "val")
         }
+        # The class of every validation position, once: the batches never change.
+        self.class_names: tuple[str, ...] = tuple(getattr(dataset, "position_class_names", ()))
+        self.val_class_ids = [dataset.position_classes(x, y)
+                              for x, y in self.eval_batches["val"]] if self.class_names else None
         self.timings["setup"] = time.perf_counter() - setup_start
 
     def _resume(self) -> int:
@@ -322,10 +379,12 @@ class TrainingLoop:
 
     def eval_metrics(self, step: int) -> dict[str, float]:
         with timed(self.timings, "eval"):
-            metrics = {
-                "train_loss": evaluate(self.train_model, self.eval_batches["train"], self.autocast),
-                "val_loss": evaluate(self.train_model, self.eval_batches["val"], self.autocast),
-            }
+            train = evaluate(self.train_model, self.eval_batches["train"], self.autocast)
+            val = evaluate(self.train_model, self.eval_batches["val"], self.autocast,
+                           self.val_class_ids, len(self.class_names))
+            metrics = {"train_loss": train.mean, "val_loss": val.mean}
+            metrics.update({CLASS_VAL_LOSS.format(name): value
+                            for name, value in val.class_means(self.class_names).items()})
         check_finite(metrics["train_loss"], "eval train_loss", step)
         check_finite(metrics["val_loss"], "eval val_loss", step)
         self.best_val = min(self.best_val, metrics["val_loss"])

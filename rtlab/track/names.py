@@ -69,3 +69,8 @@ OVERRIDES_TAG = "rtlab.overrides"  # parent: JSON list of the `--set` overrides 
 OPTUNA_STORAGE_TAG = "rtlab.optuna_storage"  # parent: the storage URL of the studies
 SEARCH_ARTIFACT = "search.json"  # parent: every study of a search, its trials and their budget
 REPORT_DIR = "report"  # parent: the report `rtlab report` wrote
+
+# Per position class (datasets that label positions, e.g. the pre-caching tasks): the validation
+# loss over one class's positions is the metric CLASS_VAL_LOSS_PREFIX + class name, as the trainer
+# writes it (rtlab.execute.trainer.CLASS_VAL_LOSS), at every evaluation step.
+CLASS_VAL_LOSS_PREFIX = VAL_LOSS + "/"

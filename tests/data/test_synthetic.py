@@ -98,3 +98,41 @@ def test_precache_discrete_loss_floor_and_phase() -> None:
         load_dataset("precache_discrete", {"n_digits": 1})
     digits = x[x < 10].numpy()
     assert np.bincount(digits, minlength=10).min() > 0
+
+
+# ---- position classes --------------------------------------------------------------------------
+
+
+def test_precache_synthetic_position_classes_are_z() -> None:
+    ds = load_dataset("precache_synthetic", {"p": 0.3})
+    x, y = ds.batch("val", 0, 8, 32, 0)
+    classes = ds.position_classes(x, y)
+    assert ds.position_class_names == ("copy", "needs_past")
+    assert classes.dtype == torch.long and classes.shape == y.shape
+    assert torch.equal(classes, x[..., 1].long())
+    # A copy position's target is its own input; a needs_past one's is the window sum.
+    copy = classes == 0
+    assert torch.equal(y[copy], x[..., 0][copy])
+
+
+def test_precache_discrete_answer_positions_follow_the_equals_sign() -> None:
+    w, modulus = 3, 7
+    ds = load_dataset("precache_discrete", {"n_digits": w, "modulus": modulus})
+    x, y = ds.batch("val", 0, 6, 40, 0)
+    classes = ds.position_classes(x, y)
+    assert ds.position_class_names == ("other", "answer")
+    assert classes.shape == y.shape
+    for row in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            assert classes[row, t].item() == int(x[row, t].item() == modulus)
+    # About one position in every period of w + 2 tokens is an answer.
+    assert abs(classes.float().mean().item() - 1 / (w + 2)) < 0.02
+
+
+def test_text_datasets_label_no_classes(tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc def\n" * 50)
+    ds = load_dataset("text", {"path": str(corpus), "tokenizer": "char"}, data_dir=tmp_path)
+    x, y = ds.batch("val", 0, 2, 8, 0)
+    assert ds.position_class_names == ()
+    assert ds.position_classes(x, y) is None

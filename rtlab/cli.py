@@ -25,6 +25,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
+from rtlab.urls import redact_url  # noqa: E402
+
 
 class LazyTyper(TyperGroup):
     """A Typer sub-app imported when it runs, not when `rtlab --help` lists it.
@@ -145,6 +147,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no bars.")] = False,
 ) -> None:
     """Run every unfinished run of an experiment, logged to MLflow; resume interrupted ones."""
+    if storage is not None:
+        check_storage_or_exit(storage)  # a bad shared database fails in seconds, not after setup
     phases = {"startup": time.perf_counter() - STARTED_AT}
     prepare_start = time.perf_counter()
     prepared = prepare_or_exit(file, set_)
@@ -163,7 +167,7 @@ def run(
             fail(f"{file}: refusing to run: {', '.join(failing)} failed the mechanism audit "
                  "(rtlab check shows why; --no-check skips it)", code=1)
     phases["audit"] = time.perf_counter() - audit_start
-    from rtlab.sweep import SweepOptions, run_sweep
+    from rtlab.sweep import StorageError, SweepOptions, run_sweep
     from rtlab.sweep.search import SearchChanged
 
     options = SweepOptions(workers=workers, force=force, tracking_uri=tracking_uri,
@@ -173,6 +177,8 @@ def run(
                             phases=phases)
     except SearchChanged as error:
         fail(f"{file}: {error}")
+    except StorageError as error:
+        fail(str(error))
     except KeyboardInterrupt:  # a second Ctrl-C: runs are already marked KILLED
         fail("interrupted", code=EXIT_INTERRUPTED)
     show_summary(summary, prepared)
@@ -180,6 +186,15 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def check_storage_or_exit(url: str) -> None:
+    from rtlab.sweep import StorageError, open_storage
+
+    try:
+        open_storage(url).remove_session()
+    except StorageError as error:
+        fail(str(error))
 
 
 def show_plan(prepared: Any, tracking_uri: str | None) -> None:
@@ -288,7 +303,7 @@ def show_timing(summary: Any) -> None:
         breakdown = {**summary.phases, "per-run tracking": summary.tracking_seconds,
                      "train setup/checkpoints/sample": summary.train_other_seconds}
         console.print("seconds: " + " · ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
-    console.print(f"tracking: {summary.tracking_uri}  (rtlab ui, or mlflow ui here)")
+    console.print(f"tracking: {redact_url(summary.tracking_uri)}  (rtlab ui, or mlflow ui here)")
 
 
 @app.command()
@@ -444,7 +459,7 @@ def worker(
     import signal
     import threading
 
-    from rtlab.sweep import WorkerConfig, experiment_state_dir, run_worker
+    from rtlab.sweep import StorageError, WorkerConfig, experiment_state_dir, run_worker
     from rtlab.sweep.progress import SweepDisplay
 
     stop = threading.Event()
@@ -459,7 +474,9 @@ def worker(
     try:
         outcomes = run_worker(config, display.handle, stop.is_set)
     except KeyError:
-        fail(f"no study '{study}' in {storage}")
+        fail(f"no study '{study}' in {redact_url(storage)}")
+    except StorageError as error:
+        fail(str(error))
     console.print(f"worker done: {len(outcomes)} run(s)")
     if stop.is_set():
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -10,7 +10,14 @@ See `rtlab.sweep.queue` for how a worker on another machine joins a sweep, and
 """
 
 from rtlab.sweep.outcome import RunOutcome, RunStatus, RunTimings
-from rtlab.sweep.queue import QueuedRun, RunQueue, default_storage_url, experiment_state_dir
+from rtlab.sweep.queue import (
+    QueuedRun,
+    RunQueue,
+    StorageError,
+    default_storage_url,
+    experiment_state_dir,
+    open_storage,
+)
 from rtlab.sweep.runner import (
     ArmAudit,
     PreparedExperiment,
@@ -34,6 +41,8 @@ __all__ = [
     "SweepSummary",
     "WorkerConfig",
     "audit_experiment",
+    "StorageError",
+    "open_storage",
     "default_storage_url",
     "experiment_state_dir",
     "prepare_experiment",

@@ -30,9 +30,11 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
 from rtlab.config import RunConfig
 from rtlab.sweep import optuna_adapter as adapter
+from rtlab.urls import redact_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,6 +54,7 @@ UNREADABLE_ATTR = "rtlab.unreadable"  # queued by an rtlab whose RunConfig this 
 HEARTBEAT_SECONDS = 30.0
 # A RUNNING trial of another machine whose heartbeat is older than this is taken as dead.
 STALE_AFTER_SECONDS = 300.0
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def experiment_state_dir(experiment: str, root: Path | None = None) -> Path:
@@ -63,10 +66,34 @@ def default_storage_url(state_dir: Path) -> str:
     return f"{adapter.SQLITE_PREFIX}{state_dir / 'optuna.db'}"
 
 
+class StorageError(RuntimeError):
+    """A storage URL that cannot be used (no driver, unreachable, refused); the message names the
+    URL with its password redacted."""
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    # SQLite: wait for a writer instead of failing at once when several workers write.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if adapter.sqlite_path(url) else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    """Open (and on first use, create the tables of) an Optuna storage, or raise StorageError."""
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except (ImportError, NoSuchModuleError) as error:
+        raise StorageError(f"{redact_url(url)}: no database driver for this URL ({error}); "
+                           "for PostgreSQL: pip install 'rtlab[cluster]'") from None
+    except (SQLAlchemyError, ValueError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(f"cannot open the Optuna storage {redact_url(url)}: "
+                           f"{redact_url(reason)}") from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if adapter.sqlite_path(url):
+        # Wait for a writer instead of failing at once when several workers write.
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        # Fail fast on an unreachable server; test pooled connections so that a restarted
+        # server costs one reconnect, not an error.
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                "pool_pre_ping": True}
+    return {"pool_pre_ping": True}
 
 
 def load_study(url: str, name: str) -> optuna.Study:

@@ -24,11 +24,18 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from rtlab.config import DataConfig, RunConfig, StudyPlan, canonical_json
+from rtlab.sweep import optuna_adapter as adapter
 from rtlab.sweep.outcome import RunOutcome
 from rtlab.sweep.progress import SweepDisplay
-from rtlab.sweep.queue import RunQueue, default_storage_url, experiment_state_dir
+from rtlab.sweep.queue import (
+    RunQueue,
+    default_storage_url,
+    experiment_state_dir,
+    open_storage,
+)
 from rtlab.sweep.worker import WorkerConfig, reset_run_dir, run_worker, worker_process_main
 from rtlab.track.names import OPTUNA_STORAGE_TAG, SEARCH_ARTIFACT
+from rtlab.urls import redact_url
 
 if TYPE_CHECKING:
     from rtlab.data import Dataset
@@ -260,6 +267,8 @@ def open_stores(
 
     state_dir = experiment_state_dir(spec.name, options.state_root)
     url = options.storage_url or default_storage_url(state_dir)
+    if adapter.sqlite_path(url) is None:
+        open_storage(url)  # a bad shared storage fails here (StorageError), before MLflow
     if studies and not options.force:
         check_search_unchanged(url, studies)  # before any store is touched
     handle = setup_experiment(
@@ -272,11 +281,9 @@ def open_stores(
 
 
 def check_search_unchanged(url: str, studies: list[StudyPlan]) -> None:
-    from rtlab.sweep.optuna_adapter import sqlite_path
-    from rtlab.sweep.queue import open_storage
     from rtlab.sweep.search import check_unchanged
 
-    database = sqlite_path(url)
+    database = adapter.sqlite_path(url)
     if database is None or database.exists():
         check_unchanged(open_storage(url), studies)
 
@@ -298,7 +305,7 @@ def open_studies(handle: ExperimentHandle, queue: RunQueue, state_dir: Path,
         shutil.rmtree(state_dir / "runs", ignore_errors=True)
     search = SearchStudies.create(queue.url, studies)
     queue.study.set_user_attr(STUDIES_ATTR, json.dumps(names))
-    set_parent_tags(handle, {OPTUNA_STORAGE_TAG: queue.url})
+    set_parent_tags(handle, {OPTUNA_STORAGE_TAG: redact_url(queue.url)})
     return search
 
 
@@ -432,8 +439,8 @@ def _announce(display: SweepDisplay, stores: Stores, counts: QueueCounts, worker
     if counts.queued and not workers:
         display.note(
             f"{counts.queued} run(s) queued; work them off with: rtlab worker --study "
-            f"{stores.name} --storage {stores.queue.url} --tracking-uri "
-            f"{stores.handle.tracking_uri}"
+            f"{stores.name} --storage {redact_url(stores.queue.url)} --tracking-uri "
+            f"{redact_url(stores.handle.tracking_uri)}"
         )
 
 
@@ -462,8 +469,8 @@ def run_search(
     display = SweepDisplay(active * seeds, quiet=options.quiet, console=console)
     if active and not configs:
         display.note(f"{active} trial(s) queued; work them off with: rtlab worker --study "
-                     f"{stores.name} --storage {stores.queue.url} --tracking-uri "
-                     f"{stores.handle.tracking_uri}")
+                     f"{stores.name} --storage {redact_url(stores.queue.url)} --tracking-uri "
+                     f"{redact_url(stores.handle.tracking_uri)}")
     outcomes, stopped = work(stores, configs, display, None, phases, phase="tuning")
     result = SearchResult(stores, outcomes, stopped, len(configs))
     if stopped or not stores.search.complete() or not options.confirm:

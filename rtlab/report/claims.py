@@ -7,11 +7,19 @@ the verdict rests on the direction of the measured change of the arm's mean over
 arm's mean (final values, Welch 95% interval over seeds):
 - supported: the interval lies entirely on the expected side of 0;
 - contradicted: it lies entirely on the other side;
-- inconclusive: it contains 0 (these seeds cannot tell);
+- inconclusive at this power: it contains 0, and the smallest difference these seeds could detect
+  (80% power, two-sided 5%, from the pooled seed spread; stats.power_of) exceeds the claimed
+  effect: these seeds cannot tell;
+- not supported: it contains 0 although the claimed effect was detectable: had it been there, the
+  comparison would most likely have shown it;
 - not comparable: an arm has no finished runs, one seed on a side (no interval), no direction
   given, or the answer depends on something the claim leaves open (train vs val, grid point).
-When the claim gives numbers, the why also says whether its relative change lies inside the
-measured interval (the size), without changing the verdict.
+The claimed effect is relative, like the verdict: |value - baseline_value| / baseline_value of
+the claim's own numbers, set against the detectable difference in % of the measured baseline
+mean. A claim without numbers states no size; it is taken to claim at least
+DEFAULT_CLAIMED_PCT (1% of the baseline): a study that could see 1% and saw nothing does not
+support it. When the claim gives numbers, the why also says whether its relative change lies
+inside the measured interval (the size), without changing the verdict.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from rtlab.report.stats import welch
+from rtlab.report.stats import power_of, welch
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
-INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
+INCONCLUSIVE, NOT_SUPPORTED = "inconclusive at this power", "not supported"
+NOT_COMPARABLE = "not comparable"
+DEFAULT_CLAIMED_PCT = 1.0  # the effect a claim without numbers is taken to claim (% of baseline)
 METRIC_COLUMNS = {
     "val_loss": "final_val_loss",
     "final_val_loss": "final_val_loss",
@@ -84,14 +94,19 @@ def _reading(
             measured,
         )
     low, high = comparison.low_pct, comparison.high_pct
+    detectable = power_of(arm_values, base_values).detectable_pct
     text = f"{words}{where}: measured {measured:+.2f}% [{low:+.2f}, {high:+.2f}] ({counts})"
-    if low <= 0 <= high:
-        kind, text = INCONCLUSIVE, f"{text}: the interval contains 0"
-    elif (high < 0) == (expect == "lower"):
-        kind, text = SUPPORTED, f"{text}: {expect}, as claimed"
+    kind = verdict_of(low, high, expect, detectable, claimed_pct)
+    if kind in (INCONCLUSIVE, NOT_SUPPORTED):
+        claimed = (f"the {abs(claimed_pct):.2f}% claimed" if math.isfinite(claimed_pct)
+                   else f"{DEFAULT_CLAIMED_PCT:g}% (no size claimed)")
+        than = "more than" if kind == INCONCLUSIVE else "no more than"
+        text += (f": the interval contains 0; the smallest difference these seeds detect (80% "
+                 f"power) is {detectable:.2f}%, {than} {claimed}")
+    elif kind == SUPPORTED:
+        text += f": {expect}, as claimed"
     else:
-        kind = CONTRADICTED
-        text = f"{text}: {'higher' if expect == 'lower' else 'lower'}, against the claim"
+        text += f": {'higher' if expect == 'lower' else 'lower'}, against the claim"
     if math.isfinite(claimed_pct):
         if low <= claimed_pct <= high:
             size = "inside the interval"
@@ -101,6 +116,17 @@ def _reading(
             size = "outside it (the measured effect is larger)"
         text += f"; the claimed size {claimed_pct:+.2f}% lies {size}"
     return kind, text, measured
+
+
+def verdict_of(
+    low_pct: float, high_pct: float, expect: str, detectable_pct: float, claimed_pct: float
+) -> str:
+    """The verdict of one reading from its interval (% of the baseline mean), the expected
+    direction, the detectable difference (%) and the claimed change (%, NaN: none claimed)."""
+    if low_pct <= 0 <= high_pct:
+        claimed = abs(claimed_pct) if math.isfinite(claimed_pct) else DEFAULT_CLAIMED_PCT
+        return INCONCLUSIVE if detectable_pct > claimed else NOT_SUPPORTED
+    return SUPPORTED if (high_pct < 0) == (expect == "lower") else CONTRADICTED
 
 
 def check_claim(

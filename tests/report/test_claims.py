@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -10,10 +12,13 @@ from rtlab.report.claims import (
     CONTRADICTED,
     INCONCLUSIVE,
     NOT_COMPARABLE,
+    NOT_SUPPORTED,
     SUPPORTED,
     check_claim,
+    verdict_of,
 )
 from rtlab.report.load import load_experiment
+from rtlab.report.stats import power_of
 from rtlab.spec import Claim
 from tests.helpers.report_store import KNOWN, Store
 
@@ -56,12 +61,48 @@ def test_claim_in_the_wrong_direction_is_contradicted(runs) -> None:
     assert check_claim({**claim, "expect": "higher"}, runs, "baseline").verdict == SUPPORTED
 
 
-def test_interval_containing_zero_is_inconclusive(runs) -> None:
+@pytest.mark.parametrize(
+    ("low", "high", "expect", "detectable", "claimed", "verdict"),
+    [
+        # the interval contains 0: the power decides
+        (-2.0, 1.0, "lower", 3.0, -2.0, INCONCLUSIVE),  # could not see the claimed 2%
+        (-2.0, 1.0, "lower", 1.5, -2.0, NOT_SUPPORTED),  # could see 2%, saw nothing
+        (-2.0, 1.0, "lower", 2.0, -2.0, NOT_SUPPORTED),  # detectable == claimed: it could see it
+        (-2.0, 1.0, "higher", 3.0, 2.0, INCONCLUSIVE),  # the claimed size counts, not its sign
+        (-0.5, 0.5, "lower", 1.2, math.nan, INCONCLUSIVE),  # no size claimed: 1% is the bar
+        (-0.5, 0.5, "lower", 0.8, math.nan, NOT_SUPPORTED),
+        (0.0, 0.0, "lower", 0.0, math.nan, NOT_SUPPORTED),  # exact zero difference
+        # the interval excludes 0: the direction decides, whatever the power
+        (-3.0, -1.0, "lower", 50.0, -40.0, SUPPORTED),
+        (1.0, 3.0, "lower", 50.0, -40.0, CONTRADICTED),
+        (1.0, 3.0, "higher", 0.5, math.nan, SUPPORTED),
+        (-3.0, -1.0, "higher", 0.5, math.nan, CONTRADICTED),
+    ],
+)
+def test_inconclusive_exactly_when_the_interval_has_0_and_the_claim_is_below_detection(
+    low: float, high: float, expect: str, detectable: float, claimed: float, verdict: str
+) -> None:
+    assert verdict_of(low, high, expect, detectable, claimed) == verdict
+
+
+def test_interval_containing_zero_is_inconclusive_at_this_power(runs) -> None:
     _, low, high = welch_pct_interval(val("same"), val("baseline"))
     assert low < 0 < high
+    detectable = power_of(val("same"), val("baseline")).detectable_pct
+    assert detectable > 1.0  # three seeds of this spread cannot see 1%
     verdict = check_claim({"metric": "val_loss", "arm": "same", "baseline_arm": "baseline",
                            "expect": "lower"}, runs, "baseline")
     assert verdict.verdict == INCONCLUSIVE and "contains 0" in verdict.why
+    assert f"{detectable:.2f}%, more than 1% (no size claimed)" in verdict.why
+
+
+def test_a_detectable_claim_not_seen_is_not_supported(runs) -> None:
+    detectable = power_of(val("same"), val("baseline")).detectable_pct
+    claimed_value = 1.0 * (1 - 2 * detectable / 100)  # claims twice the detectable drop
+    verdict = check_claim({"metric": "val_loss", "arm": "same", "baseline_arm": "baseline",
+                           "value": claimed_value, "baseline_value": 1.0}, runs, "baseline")
+    assert verdict.verdict == NOT_SUPPORTED
+    assert f"{detectable:.2f}%, no more than the {2 * detectable:.2f}% claimed" in verdict.why
 
 
 def test_unstated_loss_that_differs_between_train_and_val_is_not_comparable(runs) -> None:

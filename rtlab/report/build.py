@@ -25,6 +25,7 @@ import yaml
 import rtlab
 from rtlab.report import document as doc
 from rtlab.report.claims import ClaimVerdict, check_claims
+from rtlab.report.classes import class_frame, class_markdown_rows
 from rtlab.report.errors import ReportError
 from rtlab.report.figures import FigureMaker
 from rtlab.report.load import ExperimentData, load_experiment
@@ -32,6 +33,7 @@ from rtlab.report.search import SearchSection, search_section
 from rtlab.report.tables import (
     deltas_markdown_rows,
     fmt_p,
+    fmt_seeds,
     matched_compute_frame,
     matched_markdown_rows,
     runs_markdown_rows,
@@ -250,7 +252,8 @@ def _findings(summary: pd.DataFrame, matched: pd.DataFrame, baseline: str | None
                     "side, so no interval: not evidence either way).")
         elif low <= 0 <= high:
             text = (f"{name}: final val loss {delta:+.2f}% [{low:+.2f}, {high:+.2f}] vs {baseline}"
-                    f" ({counts}): no difference detectable with these seeds.")
+                    f" ({counts}): no difference detectable with these seeds "
+                    f"({_power_text(row, FINAL_VAL_LOSS)}).")
         else:
             direction = "lower (better)" if delta < 0 else "higher (worse)"
             text = (f"{name}: final val loss {delta:+.2f}% [{low:+.2f}, {high:+.2f}] vs {baseline}"
@@ -271,6 +274,13 @@ def _findings(summary: pd.DataFrame, matched: pd.DataFrame, baseline: str | None
     return lines
 
 
+def _power_text(row: pd.Series, prefix: str) -> str:
+    """'they detect 1.23% at 80% power; 17 seeds per arm would detect 1%'."""
+    seeds = fmt_seeds(row, prefix)
+    return (f"they detect {row[f'{prefix}_detectable_pct']:.2f}% at 80% power; {seeds} seeds "
+            "per arm would detect 1%")
+
+
 @dataclass
 class Analysis:
     """The numbers a report shows, computed from the loaded runs."""
@@ -283,6 +293,7 @@ class Analysis:
     summary: pd.DataFrame
     matched: pd.DataFrame
     verdicts: list[ClaimVerdict]
+    classes: pd.DataFrame  # validation loss by position class; empty when none was logged
 
 
 def build_report(
@@ -361,6 +372,7 @@ def analyse(
         summary=summary_frame(runs, arms, baseline),
         matched=matched_compute_frame(runs, history, arms, baseline),
         verdicts=check_claims(spec.claims if spec else [], runs, baseline),
+        classes=class_frame(runs, history, arms, baseline),
     )
 
 
@@ -449,6 +461,9 @@ def _write_tables(work_dir: Path, analysis: Analysis) -> list[Path]:
          "measured_change_pct": verdict.measured_change_pct}
         for verdict in verdicts
     ] or None, columns=None if verdicts else claim_columns).to_csv(paths[3], index=False)
+    if not analysis.classes.empty:
+        paths.append(tables_dir / CLASS_TABLE)
+        analysis.classes.to_csv(paths[-1], index=False)
     return paths
 
 
@@ -539,6 +554,7 @@ def _document(
                                  f"Figure {number}. {figure.caption} (SVG: figures/"
                                  f"{figure.svg.name})"))
     blocks += _comparison_sections(analysis)
+    blocks += _class_section(analysis, figures)
     blocks.append(doc.Heading(2, "Runs"))
     header, rows = runs_markdown_rows(analysis.runs, analysis.has_grid)
     blocks.append(doc.Table(header, rows, csv_name="tables/runs.csv"))
@@ -617,6 +633,28 @@ def _comparison_sections(analysis: Analysis) -> list[doc.Block]:
     return blocks
 
 
+CLASS_TABLE = "val_loss_by_class.csv"
+
+
+def _class_section(analysis: Analysis, figures: list) -> list[doc.Block]:
+    """Validation loss by position class (only when the runs logged it)."""
+    if analysis.classes.empty:
+        return []
+    numbers = [number for number, figure in enumerate(figures, start=1)
+               if figure.stem == "7_val_loss_by_class"]
+    see = f" Curves: Figure {numbers[0]}." if numbers else ""
+    header, rows = class_markdown_rows(analysis.classes, analysis.has_grid)
+    return [doc.Heading(2, "Validation loss by position class"), doc.Table(
+        header, rows,
+        "The dataset labels each position with a class (e.g. copy vs needs_past: whether the "
+        "target needs earlier inputs); each run's final validation loss over one class's "
+        "positions, on the same batches as the overall loss. Mean ± 95% t-interval over seeds; "
+        "Δ = arm − baseline at the same grid point, Welch 95% interval; detectable Δ and seeds "
+        f"as in the notes below.{see}",
+        f"tables/{CLASS_TABLE}",
+    )]
+
+
 METHOD_NOTES = [
     "Only runs with MLflow status FINISHED enter averages; failed, killed and running runs "
     "are listed above and drawn dotted in Figure 1 (a run whose process died without "
@@ -628,6 +666,10 @@ METHOD_NOTES = [
     "Δ vs baseline: difference of means, Welch–Satterthwaite degrees of freedom, "
     "two-sided Welch t-test p-value (scipy). Δ % divides by the baseline mean and ignores "
     "that mean's own uncertainty.",
+    "Detectable Δ: the smallest true difference a two-sample t-test on these seeds finds with "
+    "80% probability at two-sided 5% (pooled sd of both arms, noncentral t); seeds/arm for 1%: "
+    "how many seeds per arm would detect 1% of the baseline mean at that spread. Shown for "
+    "\"no difference\" results: a null result is only as strong as its power.",
     "Throughput: median of each run's logged tokens/s after its first log point; it "
     "depends on the machine and its load, compare arms within one report only.",
 ]

@@ -20,6 +20,7 @@ from scipy import stats  # noqa: E402
 
 from rtlab.track.names import (
     BEST_VAL_LOSS,
+    CLASS_VAL_LOSS_PREFIX,
     FINAL_VAL_LOSS,
     MFU,
     TOKENS_PER_SEC,
@@ -429,6 +430,40 @@ class FigureMaker:
         )
         return self._save(fig, "6_throughput", "Throughput", caption)
 
+    # ---- 7 -----------------------------------------------------------------------------
+    def val_loss_by_class(self) -> FigureFile | None:
+        """One column per position class, one row per curve panel; None without class losses."""
+        metrics = sorted({str(m) for m in self.history["metric"].drop_duplicates()
+                          if str(m).startswith(CLASS_VAL_LOSS_PREFIX)})
+        if not metrics:
+            return None
+        rows, columns = len(self.panels), len(metrics)
+        fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows),
+                                 squeeze=False, layout="constrained")
+        for row, (panel_title, pairs) in enumerate(self.panels):
+            for col, metric in enumerate(metrics):
+                ax = axes[row][col]
+                drawn = False
+                for arm, grid in pairs:
+                    drawn |= self._curve(ax, metric, arm, grid, "step",
+                                         self._label(arm, grid, len(self.panels) == 1))
+                if drawn:
+                    self._focus_loss_axis(ax)
+                else:
+                    self._empty(ax, f"no {metric} logged")
+                title = metric[len(CLASS_VAL_LOSS_PREFIX):]
+                self._finish_axes(ax, "optimizer step", "val loss",
+                                  f"{title} ({panel_title})" if panel_title else title)
+            _legend(axes[row][0])
+        caption = (
+            "Validation loss at each class of positions the dataset labels (one panel per "
+            "class), against optimizer step: mean over seeds with a 95% t-band, on the same "
+            "validation batches as the overall loss. Where an arm gains or loses."
+            + self.seed_note
+        )
+        return self._save(fig, "7_val_loss_by_class", "Validation loss by position class",
+                          caption)
+
     def all(self) -> list[FigureFile]:
         (self.out_dir / "figures").mkdir(parents=True, exist_ok=True)
         made = [self.loss_vs_step(), self.val_vs_compute(), self.final_and_best(),
@@ -437,6 +472,9 @@ class FigureMaker:
         if grid_figure is not None:
             made.append(grid_figure)
         made.append(self.throughput())
+        by_class = self.val_loss_by_class()
+        if by_class is not None:
+            made.append(by_class)
         return made
 
 

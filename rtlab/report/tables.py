@@ -11,7 +11,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from rtlab.report.stats import Comparison, Summary, summarize, welch
+from rtlab.report.stats import (
+    MAX_SEEDS,
+    Comparison,
+    Power,
+    Summary,
+    power_of,
+    summarize,
+    welch,
+)
 from rtlab.track.names import (
     BEST_VAL_LOSS,
     FINAL_TRAIN_LOSS,
@@ -56,7 +64,7 @@ def _summary_fields(prefix: str, s: Summary) -> dict[str, float]:
     }
 
 
-def _comparison_fields(prefix: str, c: Comparison) -> dict[str, float]:
+def _comparison_fields(prefix: str, c: Comparison, power: Power) -> dict[str, float]:
     return {
         f"{prefix}_delta": c.delta,
         f"{prefix}_delta_ci_low": c.low,
@@ -66,7 +74,21 @@ def _comparison_fields(prefix: str, c: Comparison) -> dict[str, float]:
         f"{prefix}_delta_pct_ci_high": c.high_pct,
         f"{prefix}_p_value": c.p_value,
         f"{prefix}_welch_df": c.df,
+        # What this comparison could see (80% power, two-sided 5%, pooled seed spread), and the
+        # seeds per arm that would see 1% of the baseline mean.
+        f"{prefix}_detectable": power.detectable,
+        f"{prefix}_detectable_pct": power.detectable_pct,
+        f"{prefix}_seeds_for_1pct": power.seeds_needed,
     }
+
+
+def comparison_fields(prefix: str, values: np.ndarray, base: np.ndarray) -> dict[str, float]:
+    """Welch difference of `values` over `base` with its interval and p-value, and its power."""
+    return _comparison_fields(prefix, welch(values, base), power_of(values, base))
+
+
+def summary_fields(prefix: str, values: np.ndarray) -> dict[str, float]:
+    return _summary_fields(prefix, summarize(values))
 
 
 def summary_frame(runs: pd.DataFrame, arms: list[str], baseline: str | None) -> pd.DataFrame:
@@ -87,7 +109,7 @@ def summary_frame(runs: pd.DataFrame, arms: list[str], baseline: str | None) -> 
             row.update(_summary_fields(column, summarize(values)))
             if baseline is not None:
                 base = _values(runs, baseline, label, column)
-                row.update(_comparison_fields(column, welch(values, base)))
+                row.update(comparison_fields(column, values, base))
         for column in (TOKENS_PER_SEC, MFU, "flops_per_token", TOKENS_SEEN, FLOPS_SEEN):
             values = _values(runs, arm, label, column)
             values = values[np.isfinite(values)]
@@ -134,7 +156,7 @@ def matched_compute_frame(
                 }
                 row.update(_summary_fields(VAL_LOSS, summarize(by_arm[arm])))
                 if baseline is not None and baseline in by_arm:
-                    row.update(_comparison_fields(VAL_LOSS, welch(by_arm[arm], by_arm[baseline])))
+                    row.update(comparison_fields(VAL_LOSS, by_arm[arm], by_arm[baseline]))
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -193,6 +215,31 @@ def fmt_delta(row: pd.Series, prefix: str, digits: int = 4) -> tuple[str, str, s
     return absolute, percent, fmt_p(float(row[f"{prefix}_p_value"]))
 
 
+def no_difference(row: pd.Series, prefix: str) -> bool:
+    """The comparison's interval contains 0 (a "no difference" result)."""
+    low = float(row.get(f"{prefix}_delta_ci_low", math.nan))
+    high = float(row.get(f"{prefix}_delta_ci_high", math.nan))
+    return math.isfinite(low) and math.isfinite(high) and low <= 0 <= high
+
+
+def fmt_seeds(row: pd.Series, prefix: str) -> str:
+    """Seeds per arm to detect 1% of the baseline, for a "no difference" result; "—" otherwise."""
+    if row.get("is_baseline") or not no_difference(row, prefix):
+        return "—"
+    seeds = float(row.get(f"{prefix}_seeds_for_1pct", math.nan))
+    return f"{seeds:.0f}" if math.isfinite(seeds) else f"> {MAX_SEEDS:,}"
+
+
+def fmt_detectable(row: pd.Series, prefix: str, digits: int = 4) -> str:
+    """The smallest difference this comparison detects at 80% power: absolute (% of baseline)."""
+    if row.get("is_baseline"):
+        return "—"
+    absolute = float(row.get(f"{prefix}_detectable", math.nan))
+    if not math.isfinite(absolute):
+        return "— (n<2)"
+    return f"{absolute:.{digits}f} ({float(row[f'{prefix}_detectable_pct']):.2f}%)"
+
+
 def summary_markdown_rows(summary: pd.DataFrame, has_grid: bool) -> tuple[list[str], list[list]]:
     header = ["arm"] + (["grid point"] if has_grid else []) + [
         "n", "final train", "final val", "best val", "Δ final val", "Δ final val %",
@@ -221,6 +268,7 @@ def summary_markdown_rows(summary: pd.DataFrame, has_grid: bool) -> tuple[list[s
 def deltas_markdown_rows(summary: pd.DataFrame, has_grid: bool) -> tuple[list[str], list[list]]:
     header = ["arm"] + (["grid point"] if has_grid else []) + [
         "metric", "arm mean", "baseline mean", "Δ [95% CI]", "Δ % [95% CI]", "p (Welch)",
+        "detectable Δ (80% power)", "seeds/arm for 1%",
     ]
     rows = []
     base_means = {
@@ -235,7 +283,7 @@ def deltas_markdown_rows(summary: pd.DataFrame, has_grid: bool) -> tuple[list[st
                     LOSS_TITLES[column],
                     fmt_number(row[f"{column}_mean"]),
                     fmt_number(base_means.get((row["grid_point"], column), math.nan)),
-                    absolute, percent, p,
+                    absolute, percent, p, fmt_detectable(row, column), fmt_seeds(row, column),
                 ]
             )
     return header, rows
@@ -244,6 +292,7 @@ def deltas_markdown_rows(summary: pd.DataFrame, has_grid: bool) -> tuple[list[st
 def matched_markdown_rows(matched: pd.DataFrame, has_grid: bool) -> tuple[list[str], list[list]]:
     header = ["matched on", "budget"] + (["grid point"] if has_grid else []) + [
         "arm", "val loss", "Δ vs baseline [95% CI]", "Δ %", "p (Welch)",
+        "detectable Δ (80% power)",
     ]
     rows = []
     for _, row in matched.iterrows():
@@ -253,7 +302,7 @@ def matched_markdown_rows(matched: pd.DataFrame, has_grid: bool) -> tuple[list[s
             + ([row["grid_point"]] if has_grid else [])
             + [
                 f"**{row['arm']}**" if row["is_baseline"] else row["arm"],
-                fmt_mean_ci(row, VAL_LOSS), absolute, percent, p,
+                fmt_mean_ci(row, VAL_LOSS), absolute, percent, p, fmt_detectable(row, VAL_LOSS),
             ]
         )
     return header, rows

@@ -16,6 +16,7 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, NoReturn  # noqa: E402
@@ -380,22 +381,70 @@ def fmt(value: float | None) -> str:
 
 @app.command()
 def ui(
+    spec: Annotated[Path | None, typer.Argument(
+        help="Experiment YAML; its name selects the experiment whose runs page is printed.",
+        show_default=False)] = None,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment", "-e", help="Experiment name (instead of a YAML).")] = None,
     tracking_uri: TrackingOption = None,
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 exposes it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    open_browser: Annotated[bool, typer.Option(
+        "--open", help="Open the runs page in the default browser once the server is up.")
+                            ] = False,
 ) -> None:
-    """Open the MLflow UI on the store (`mlflow ui` with rtlab's tracking URI)."""
-    from rtlab.track import resolve_tracking_uri, store_exists
+    """Serve the MLflow UI on the store (`mlflow ui` with rtlab's tracking URI) and print the URL
+    of the experiment's runs page: runs grouped by arm, loss charts first."""
+    from rtlab.track import experiment_id, resolve_tracking_uri, runs_page_url, store_exists
 
     uri = resolve_tracking_uri(tracking_uri)
     if not store_exists(uri):
         fail(f"no MLflow store at {uri} (run `rtlab run FILE` here first, or pass --tracking-uri)")
+    server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    url = server
+    name = experiment or (spec_name(spec) if spec is not None else None)
+    if name is not None:
+        found = experiment_id(uri, name)
+        if found is None:
+            fail(f"no experiment {name!r} in {uri} (run `rtlab run FILE` first)")
+        url = runs_page_url(server, found)
+    typer.echo(f"MLflow UI on {server} for {uri} (Ctrl-C to stop)")
+    typer.echo(f"runs: {url}")
+    sys.stdout.flush()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", host, "--port", str(port)]
-    console.print(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C to stop)")
-    sys.stdout.flush()
+    if open_browser:
+        # A helper waits for the server, then opens the page: this process becomes the server.
+        subprocess.Popen([sys.executable, "-c", "import sys; from rtlab.cli import "
+                          "open_when_serving; open_when_serving(*sys.argv[1:])", url, server],
+                         start_new_session=True)
     # Become the server (no wrapper process): signals to `rtlab ui` reach MLflow itself.
     os.execv(sys.executable, command)
+
+
+def spec_name(path: Path) -> str:
+    from rtlab.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path).name
+    except SpecError as error:
+        fail(str(error))
+
+
+def open_when_serving(url: str, server: str, timeout: float = 120.0) -> None:
+    """Open `url` in the default browser as soon as `server` answers (`rtlab ui --open`)."""
+    import urllib.request
+    import webbrowser
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(server, timeout=2).close()
+        except OSError:
+            time.sleep(0.5)
+            continue
+        webbrowser.open(url)
+        return
 
 
 @app.command()
@@ -449,8 +498,12 @@ def worker(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     state_dir: Annotated[Path | None, typer.Option(
         help="Run directories (checkpoints); default .rtlab/<experiment>.")] = None,
+    heartbeat: Annotated[float, typer.Option(
+        min=0.5, help="Seconds between heartbeats; after 2 missed ones, live workers take this "
+                      "worker's run for dead and run it again.")] = 30.0,
 ) -> None:
-    """Join a running sweep from this machine: pull queued runs until none remain.
+    """Join a running sweep from this machine: pull queued runs until none remain (and, while
+    other workers run the last ones, take over any whose worker dies).
 
     Start the sweep with `rtlab run FILE --storage URL --tracking-uri URI` where both URLs reach
     a shared database / MLflow server; then `rtlab worker --study NAME --storage URL
@@ -468,7 +521,7 @@ def worker(
     config = WorkerConfig(
         storage_url=storage, study_name=study,
         state_dir=str(state_dir or experiment_state_dir(study)),
-        tracking_uri=tracking_uri, threads=threads,
+        tracking_uri=tracking_uri, threads=threads, heartbeat_seconds=heartbeat,
     )
     display = SweepDisplay(total_runs=0, quiet=True)
     try:

@@ -9,10 +9,13 @@ the MLflow handle, so a worker needs only the storage URL and the study name: a 
 machine joins with the same storage URL (a shared database) and tracking URI
 (`rtlab worker --storage URL --study NAME --tracking-uri URI`).
 
-A RUNNING trial whose worker died (SIGKILL, a crash, a lost machine) is failed by the next sweep
-and its run queued again. Optuna's own heartbeat (`RDBStorage(heartbeat_interval=...)` with
-`optuna.storages.fail_stale_trials`) judges by time alone; rtlab also knows the worker's host and
-pid, so a dead worker on this machine is noticed at once rather than after a grace period.
+A RUNNING trial whose worker died (SIGKILL, a crash, a lost machine) is failed and its run queued
+again by any live worker of the study (at each of its heartbeats, and while it waits for the last
+runs of others) or by the next sweep. Each worker beats every `heartbeat_seconds` and writes that
+period into its trial; a trial silent for `STALE_PERIODS` of its own periods is taken as dead.
+Optuna's own heartbeat (`RDBStorage(heartbeat_interval=...)`) runs only inside
+`study.optimize`; rtlab also knows the worker's host and pid, so a dead worker on this machine is
+noticed at once rather than after a grace period.
 `rtlab.sweep.optuna_adapter` says what else Optuna's public API lacks for a queue.
 """
 
@@ -51,9 +54,10 @@ HEARTBEAT_ATTR = "rtlab.heartbeat"
 STALE_ATTR = "rtlab.stale"  # its worker died
 SUPERSEDED_ATTR = "rtlab.superseded"  # the spec no longer plans it
 UNREADABLE_ATTR = "rtlab.unreadable"  # queued by an rtlab whose RunConfig this one cannot read
+HEARTBEAT_PERIOD_ATTR = "rtlab.heartbeat_period"  # seconds between its worker's beats
 HEARTBEAT_SECONDS = 30.0
-# A RUNNING trial of another machine whose heartbeat is older than this is taken as dead.
-STALE_AFTER_SECONDS = 300.0
+# A RUNNING trial of another machine silent for this many of its worker's periods is dead.
+STALE_PERIODS = 2.0
 CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -136,12 +140,19 @@ def read_run(trial: FrozenTrial) -> RunConfig | None:
 def is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
     """A RUNNING trial whose worker is gone: a dead pid on this host, or a silent heartbeat."""
     attrs = trial.system_attrs
-    if attrs.get(HOST_ATTR) == socket.gethostname() and PID_ATTR in attrs:
+    if attrs.get(HOST_ATTR) == host_name() and PID_ATTR in attrs:
         return not _pid_alive(int(attrs[PID_ATTR]))
     beat = attrs.get(HEARTBEAT_ATTR)
     if beat is None:
         beat = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-    return (now or time.time()) - float(beat) > STALE_AFTER_SECONDS
+    period = float(attrs.get(HEARTBEAT_PERIOD_ATTR, HEARTBEAT_SECONDS))
+    return (now or time.time()) - float(beat) > STALE_PERIODS * period
+
+
+def host_name() -> str:
+    """This machine's name as the queue knows it; `RTLAB_HOST` overrides it (containers that
+    share a hostname, or tests that play several machines on one)."""
+    return os.environ.get("RTLAB_HOST") or socket.gethostname()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -205,17 +216,39 @@ class RunQueue:
 
     def fail_stale(self) -> list[str]:
         """FAIL the RUNNING trials of dead workers (their runs get queued again); their hashes."""
-        running = self.storage.get_all_trials(self.study_id, states=(TrialState.RUNNING,))
-        return self._fail([t for t in running if is_stale(t)], STALE_ATTR)
+        return [queued_hash(t) or "" for t in self._fail_stale_trials()]
+
+    def requeue_stale(self) -> list[str]:
+        """A live worker's recovery: FAIL the trials of dead workers and queue their runs again
+        at once; the hashes queued. Of several workers finding the same trial, one queues it."""
+        requeued = []
+        for trial in self._fail_stale_trials():
+            run = read_run(trial)
+            if run is not None and run.config_hash not in self.pending_hashes():
+                self.enqueue(run)
+                requeued.append(run.config_hash)
+        return requeued
+
+    def running_count(self) -> int:
+        return len(self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                               states=(TrialState.RUNNING,)))
+
+    def _fail_stale_trials(self) -> list[FrozenTrial]:
+        with adapter.claim_lock(self.url):  # SQLite: only one process moves a trial to FAIL
+            running = self.storage.get_all_trials(self.study_id, states=(TrialState.RUNNING,))
+            return self._fail([t for t in running if is_stale(t)], STALE_ATTR)
 
     def drop_waiting_except(self, keep: set[str]) -> list[str]:
         """Take out of the queue the WAITING runs that the experiment no longer plans (its file
         was edited since they were queued): a sweep runs what its spec says, nothing left over."""
         with adapter.claim_lock(self.url):
             waiting = self.storage.get_all_trials(self.study_id, states=(TrialState.WAITING,))
-            return self._fail([t for t in waiting if queued_hash(t) not in keep], SUPERSEDED_ATTR)
+            dropped = self._fail([t for t in waiting if queued_hash(t) not in keep],
+                                 SUPERSEDED_ATTR)
+            return [queued_hash(t) or "" for t in dropped]
 
-    def _fail(self, trials: list[FrozenTrial], reason_attr: str) -> list[str]:
+    def _fail(self, trials: list[FrozenTrial], reason_attr: str) -> list[FrozenTrial]:
+        """FAIL these trials; the ones this process failed (not finished by another first)."""
         failed = []
         for trial in trials:
             trial_id = adapter.trial_id(self.storage, self.study_id, trial)
@@ -224,16 +257,18 @@ class RunQueue:
             except UpdateFinishedTrialError:
                 continue  # another process finished it first
             if adapter.set_state(self.storage, trial_id, TrialState.FAIL):
-                failed.append(queued_hash(trial) or "")
+                failed.append(trial)
         return failed
 
     # ---- workers
-    def pop(self) -> QueuedRun | None:
-        """Claim the next WAITING run, or None when the queue is empty (never creates a trial)."""
+    def pop(self, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> QueuedRun | None:
+        """Claim the next WAITING run, or None when the queue is empty (never creates a trial).
+        The claimant promises a heartbeat every `heartbeat_seconds`."""
         while (trial := adapter.claim_waiting(self.storage, self.study_id, self.url)) is not None:
             trial_id = adapter.trial_id(self.storage, self.study_id, trial)
-            for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
-                               (HEARTBEAT_ATTR, time.time())):
+            for key, value in ((HOST_ATTR, host_name()), (PID_ATTR, os.getpid()),
+                               (HEARTBEAT_ATTR, time.time()),
+                               (HEARTBEAT_PERIOD_ATTR, heartbeat_seconds)):
                 self.storage.set_trial_system_attr(trial_id, key, value)
             run = read_run(trial)
             if run is not None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from rtlab.sweep.queue import (
     HOST_ATTR,
     PID_ATTR,
     STALE_ATTR,
+    host_name,
     is_stale,
     open_storage,
 )
@@ -225,7 +225,7 @@ class SearchStudies:
                 trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
                 if adapter.set_state(self.storage, trial_id, TrialState.RUNNING):
                     break
-        for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
+        for key, value in ((HOST_ATTR, host_name()), (PID_ATTR, os.getpid()),
                            (HEARTBEAT_ATTR, time.time())):
             self.storage.set_trial_system_attr(trial_id, key, value)
         resume_of = trial.user_attrs.get(RESUME_OF_ATTR)

@@ -35,6 +35,8 @@ ShouldStop = Callable[[], bool]
 
 # Progress events carry at most this many step updates per second per worker.
 STEP_EVENTS_PER_SECOND = 4.0
+# A worker with nothing to claim looks again this often while other workers' runs are running.
+IDLE_POLL_SECONDS = 1.0
 DISPLAY_METRICS = (BATCH_LOSS, TRAIN_LOSS, VAL_LOSS, TOKENS_PER_SEC)
 
 
@@ -49,6 +51,7 @@ class WorkerConfig:
     worker_index: int = 0
     threads: int | None = None  # torch CPU threads (a fair share of the machine's cores)
     gpu: int | None = None  # CUDA device index for this worker
+    heartbeat_seconds: float = HEARTBEAT_SECONDS  # others take its run for dead after 2 silent
 
 
 def handle_from_attrs(attrs: Mapping[str, Any], tracking_uri: str | None) -> ExperimentHandle:
@@ -99,10 +102,10 @@ class Worker:
         outcomes: list[RunOutcome] = []
         while not self.should_stop():
             ended = self._next()
-            if ended is None:
-                break  # nothing left: every run is done or taken by another worker
-            outcomes += ended
-            if any(o.status == "KILLED" for o in ended):
+            if ended is None and not self._wait_for_others():
+                break  # nothing left: every run is done
+            outcomes += ended or []
+            if any(o.status == "KILLED" for o in ended or []):
                 break
         self.emit({"type": "worker_done", "worker": self.config.worker_index})
         return outcomes
@@ -115,13 +118,29 @@ class Worker:
                 from rtlab.sweep.tune import TuneTrial
 
                 return TuneTrial(self, self.search, claimed).run()
-        entry = self.queue.pop()
+        entry = self.queue.pop(self.config.heartbeat_seconds)
         return None if entry is None else [self.run_trial(entry)]
+
+    def _wait_for_others(self) -> bool:
+        """The queue is empty: while other workers still run trials, wait, so that a run whose
+        worker dies meanwhile is queued again (and run here); False once no trial runs."""
+        self.queue.requeue_stale()
+        if self.queue.running_count() == 0:
+            return False
+        deadline = time.monotonic() + min(IDLE_POLL_SECONDS, self.config.heartbeat_seconds)
+        while time.monotonic() < deadline and not self.should_stop():
+            time.sleep(0.1)
+        return True
 
     def run_trial(self, entry: QueuedRun) -> RunOutcome:
         """Train and log one queued run; tell the queue how it ended. Never raises for a failed
-        run (a second Ctrl-C still ends the MLflow run and the trial)."""
-        heartbeat = _Heartbeat(lambda: self.queue.heartbeat(entry))
+        run (a second Ctrl-C still ends the MLflow run and the trial). Its heartbeat also
+        queues again the runs of workers that died."""
+        def beat() -> None:
+            self.queue.heartbeat(entry)
+            self.queue.requeue_stale()
+
+        heartbeat = _Heartbeat(beat, self.config.heartbeat_seconds)
         final_val = None
         try:
             outcome = self.train_run(
@@ -363,15 +382,15 @@ class _DatasetCache:
 class _Heartbeat:
     """Tells the study this worker is alive while its trial trains (see queue.is_stale)."""
 
-    def __init__(self, beat: Callable[[], None]) -> None:
+    def __init__(self, beat: Callable[[], None], seconds: float = HEARTBEAT_SECONDS) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._loop, args=(beat,), name="rtlab-heartbeat", daemon=True
+            target=self._loop, args=(beat, seconds), name="rtlab-heartbeat", daemon=True
         )
         self._thread.start()
 
-    def _loop(self, beat: Callable[[], None]) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+    def _loop(self, beat: Callable[[], None], seconds: float) -> None:
+        while not self._stop.wait(seconds):
             try:
                 beat()
             except Exception:  # a busy store: the next beat will do

@@ -111,7 +111,35 @@ def test_silent_trial_of_another_host_is_stale_after_the_grace_period(queue):
     frozen = queue.trial(entry)
     beat = frozen.system_attrs[run_queue.HEARTBEAT_ATTR]
     assert not run_queue.is_stale(frozen, now=beat + 10)
-    assert run_queue.is_stale(frozen, now=beat + run_queue.STALE_AFTER_SECONDS + 1)
+    silent_for = run_queue.STALE_PERIODS * run_queue.HEARTBEAT_SECONDS
+    assert not run_queue.is_stale(frozen, now=beat + silent_for - 1)
+    assert run_queue.is_stale(frozen, now=beat + silent_for + 1)
+
+
+def test_a_trial_is_judged_by_the_heartbeat_period_its_worker_promised(queue):
+    queue.enqueue(make_run())
+    entry = queue.pop(heartbeat_seconds=2.0)
+    queue.storage.set_trial_system_attr(entry.trial_id, run_queue.HOST_ATTR, "elsewhere")
+    frozen = queue.trial(entry)
+    beat = frozen.system_attrs[run_queue.HEARTBEAT_ATTR]
+    assert not run_queue.is_stale(frozen, now=beat + 3.5)
+    assert run_queue.is_stale(frozen, now=beat + 4.5)
+
+
+@pytest.mark.slow
+def test_a_live_worker_requeues_the_run_of_a_dead_one_exactly_once(queue):
+    lost = make_run(1)
+    queue.enqueue(lost)
+    dead = queue.pop()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    queue.storage.set_trial_system_attr(dead.trial_id, run_queue.PID_ATTR, int(gone.stdout))
+    assert queue.running_count() == 1
+    assert queue.requeue_stale() == [lost.config_hash]
+    assert queue.requeue_stale() == []  # already failed and queued: nothing twice
+    assert queue.running_count() == 0
+    assert queue.pop().run == lost
+    assert queue.pop() is None
 
 
 def test_waiting_runs_the_spec_no_longer_plans_leave_the_queue(queue):

@@ -21,6 +21,8 @@ from rtlab.track.store import (
     ExperimentHandle,
     delete_all_children,
     delete_children,
+    describe_children,
+    experiment_id,
     find_child,
     finish_parent,
     finished_hashes,
@@ -32,6 +34,7 @@ from rtlab.track.store import (
     start_parent,
     store_exists,
 )
+from rtlab.track.view import runs_page_url
 
 __all__ = [
     "HASH_TAG",
@@ -46,6 +49,8 @@ __all__ = [
     "config_params",
     "delete_all_children",
     "delete_children",
+    "describe_children",
+    "experiment_id",
     "find_child",
     "finish_parent",
     "find_run",
@@ -57,6 +62,7 @@ __all__ = [
     "read_experiment",
     "read_runs_by_hash",
     "resolve_tracking_uri",
+    "runs_page_url",
     "set_parent_tags",
     "setup_experiment",
     "start_parent",

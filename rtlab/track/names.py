@@ -74,3 +74,15 @@ REPORT_DIR = "report"  # parent: the report `rtlab report` wrote
 # loss over one class's positions is the metric CLASS_VAL_LOSS_PREFIX + class name, as the trainer
 # writes it (rtlab.execute.trainer.CLASS_VAL_LOSS), at every evaluation step.
 CLASS_VAL_LOSS_PREFIX = VAL_LOSS + "/"
+
+# What a fresh browser shows (`rtlab ui`): MLflow >= 3.4 reads the experiment's kind to choose
+# between its Model-training views (runs, charts) and its GenAI views (traces); without it a new
+# browser may guess GenAI and hide the child runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+RUN_NOTE_TAG = "mlflow.note.content"  # a run's description, on its Overview page
+# The runs view MLflow's "Share" button saves: one experiment tag holding the view as JSON, opened
+# by `?viewStateShareKey=KEY` (rtlab.track.view writes rtlab's; `rtlab ui` prints its URL).
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+SHARED_VIEW_PARAM = "viewStateShareKey"
+VIEW_KEY = "rtlab"  # the view's share key: rtlab writes one view per experiment

@@ -24,12 +24,14 @@ from rtlab.track.names import (
     DEVICE_TAG,
     FAILURE_TAG,
     FLOPS_PER_TOKEN_PARAM,
+    FLOPS_SEEN,
     GRID_POINT_TAG,
     HASH_TAG,
     METRICS_ARTIFACT,
     MLFLOW_PARENT_TAG,
     PHASE_TAG,
     ROLE_TAG,
+    RUN_NOTE_TAG,
     SAMPLE_ARTIFACT,
     SEARCH_PARAMS_TAG,
     SEED_PARAM,
@@ -37,10 +39,12 @@ from rtlab.track.names import (
     SLOT_TAG,
     STATE_TAG,
     STUDY_TAG,
+    TOKENS_SEEN,
     TRIAL_TAG,
+    VAL_LOSS,
 )
 from rtlab.track.provenance import provenance_tags
-from rtlab.track.store import ExperimentHandle
+from rtlab.track.store import ExperimentHandle, run_note
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
@@ -86,6 +90,29 @@ def search_tags(run: RunConfig) -> dict[str, str]:
     return tags
 
 
+class EvalCounters:
+    """tokens_seen and flops_seen at the evaluation steps that are not log steps too (step 0
+    always), so MLflow can chart val_loss against them: its metric x axis pairs values logged
+    at the same step. Tokens follow from the batch geometry, FLOPs from the FLOPs per token of
+    the last log step (left out until one was logged, except at step 0)."""
+
+    def __init__(self, tokens_per_step: int) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token: float | None = None
+
+    def fill(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        tokens = metrics.get(TOKENS_SEEN)
+        if tokens and FLOPS_SEEN in metrics:
+            self.flops_per_token = metrics[FLOPS_SEEN] / tokens
+        if VAL_LOSS not in metrics or tokens is not None:
+            return metrics
+        seen = float(step * self.tokens_per_step)
+        filled = {**metrics, TOKENS_SEEN: seen}
+        if step == 0 or self.flops_per_token is not None:
+            filled[FLOPS_SEEN] = seen * (self.flops_per_token or 0.0)
+        return filled
+
+
 class ChildRun:
     """A child run of the experiment's parent, identified by config hash.
 
@@ -100,6 +127,7 @@ class ChildRun:
         self.run_id = run_id
         self.resumed = resumed
         self.metrics = MetricLogger(client, run_id, skip_through)
+        self.counters: EvalCounters | None = None  # set by `open`
 
     @classmethod
     def open(
@@ -122,14 +150,18 @@ class ChildRun:
             self._log_params_and_tags(
                 {k: v for k, v in params.items() if k not in logged.params}, tags
             )
-            return self
-        created = client.create_run(
-            handle.experiment_id,
-            run_name=run.run_name,
-            tags={MLFLOW_PARENT_TAG: handle.parent_run_id, **tags},
-        )
-        self = cls(client, created.info.run_id, False, {})
-        self._log_params_and_tags(params, {})
+        else:
+            # A first description; `describe_children` adds what differs from the baseline arm
+            # when the sweep ends and every arm's params are in the store.
+            note = run_note(run.arm, str(run.seed), tags[GRID_POINT_TAG])
+            created = client.create_run(
+                handle.experiment_id,
+                run_name=run.run_name,
+                tags={MLFLOW_PARENT_TAG: handle.parent_run_id, RUN_NOTE_TAG: note, **tags},
+            )
+            self = cls(client, created.info.run_id, False, {})
+            self._log_params_and_tags(params, {})
+        self.counters = EvalCounters(run.train.tokens_per_step * run.model.block_size)
         return self
 
     def _log_params_and_tags(self, params: dict[str, str], tags: dict[str, str]) -> None:
@@ -144,7 +176,10 @@ class ChildRun:
             )
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.metrics.log(step, dict(metrics))
+        metrics = dict(metrics)
+        if self.counters is not None:
+            metrics = self.counters.fill(step, metrics)
+        self.metrics.log(step, metrics)
 
     def flush_metrics(self) -> None:
         """Block until every metric logged so far is in the store."""

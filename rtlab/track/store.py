@@ -19,23 +19,34 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
 from rtlab.track.names import (
+    ARM_TAG,
     BEST_VAL_LOSS,
     CHILD,
+    EXPERIMENT_KIND_TAG,
     FINAL_VAL_LOSS,
+    FLOPS_PER_TOKEN_PARAM,
     FLOPS_SEEN,
+    GRID_POINT_TAG,
     HASH_TAG,
     NOTE_TAG,
     OVERRIDES_TAG,
     PARENT,
     ROLE_TAG,
+    RUN_NOTE_TAG,
+    SEARCH_PARAMS_TAG,
+    SEED_PARAM,
+    SEED_TAG,
     SPEC_ARTIFACT,
     SPEC_PATH_TAG,
     TOKENS_SEEN,
+    TRAINING_KIND,
 )
+from rtlab.track.view import view_tag
 
 # MLflow's own default when no URI is set (mlflow.get_tracking_uri() with no ./mlruns store).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+MAX_NOTE = 5000  # within MLflow's tag value limit
 
 # MLflow logs its schema migrations at INFO; they are noise in a progress display.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -118,12 +129,32 @@ def setup_experiment(
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)
-    if description:
-        client.set_experiment_tag(experiment_id, NOTE_TAG, description)
+    for key, value in experiment_tags(description).items():
+        client.set_experiment_tag(experiment_id, key, value)
     parent = find_parent_run(client, experiment_id)
     if parent is None:
         parent = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: PARENT})
     return ExperimentHandle(tracking_uri, experiment_id, name, parent.info.run_id)
+
+
+def experiment_tags(description: str) -> dict[str, str]:
+    """Set on every `rtlab run`, so a store written before them gets them on its next run: the
+    kind that makes MLflow open its Model-training views, the description, and the runs view
+    `rtlab ui` links to (`rtlab.track.view`)."""
+    tags = {EXPERIMENT_KIND_TAG: TRAINING_KIND}
+    if description:
+        tags[NOTE_TAG] = description
+    key, value = view_tag()
+    tags[key] = value
+    return tags
+
+
+def experiment_id(tracking_uri: str, name: str) -> str | None:
+    """The id of the live experiment called `name`, None where there is none."""
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        return None
+    return experiment.experiment_id
 
 
 def find_parent_run(client: MlflowClient, experiment_id: str) -> Run | None:
@@ -203,7 +234,82 @@ def start_parent(
 
 
 def finish_parent(handle: ExperimentHandle, status: str) -> None:
+    """End the parent run; first give every child run its description (`describe_children`)."""
+    describe_children(handle)
     MlflowClient(handle.tracking_uri).set_terminated(handle.parent_run_id, status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Child run descriptions: what a run is, in the words of the spec, on its MLflow Overview page.
+
+
+def run_note(arm: str, seed: str, grid_point: str = "{}") -> str:
+    """"reasoning_1, seed 0" (and the grid point, if any): a run's name in words."""
+    point = json.loads(grid_point or "{}")
+    where = "".join(f", {key} = {value}" for key, value in sorted(point.items()))
+    return f"{arm}, seed {seed}{where}"
+
+
+def config_differences(
+    params: dict[str, str], baseline: dict[str, str], baseline_arm: str, ignore: set[str]
+) -> list[str]:
+    """"model.reasoning.n_tokens = 1 (baseline: 0)" for every config param that differs."""
+    ignore = ignore | {SEED_PARAM, FLOPS_PER_TOKEN_PARAM}
+    return [
+        f"{key} = {params.get(key, 'unset')} ({baseline_arm}: {baseline.get(key, 'unset')})"
+        for key in sorted(set(params) | set(baseline))
+        if key not in ignore and params.get(key) != baseline.get(key)
+    ]
+
+
+def child_description(run: Run, baseline: Run | None, baseline_arm: str) -> str:
+    """The note of one child run: its arm and seed, then what differs from the baseline arm's
+    run at the same grid point; a searched run's sampled values are its own, listed apart."""
+    tags = run.data.tags
+    note = run_note(tags.get(ARM_TAG, "?"), tags.get(SEED_TAG, "?"),
+                    tags.get(GRID_POINT_TAG, "{}"))
+    searched = json.loads(tags.get(SEARCH_PARAMS_TAG, "{}"))
+    if baseline is None:
+        detail = f"no {baseline_arm} run to compare with"
+    elif tags.get(ARM_TAG) == baseline_arm:
+        detail = "the baseline arm"
+    else:
+        ignore = set(searched) | set(json.loads(baseline.data.tags.get(SEARCH_PARAMS_TAG, "{}")))
+        differences = config_differences(run.data.params, baseline.data.params, baseline_arm,
+                                         ignore)
+        detail = "; ".join(differences) or f"same config as {baseline_arm}"
+    if searched:
+        detail += "; searched: " + ", ".join(f"{k} = {v}" for k, v in sorted(searched.items()))
+    return f"{note}: {detail}"
+
+
+def baseline_arm(runs: Sequence[Run]) -> str | None:
+    """An arm called "baseline", else the arm of the first run started (the sweep starts runs
+    in the spec's order, so that is the spec's first arm)."""
+    arms = [run.data.tags.get(ARM_TAG) for run in sorted(runs, key=lambda r: r.info.start_time)]
+    return "baseline" if "baseline" in arms else next(iter(arms), None)
+
+
+def describe_children(handle: ExperimentHandle) -> int:
+    """Write each child run's description (`child_description`) where it changed; return how
+    many changed. Done when the sweep ends, when every arm's runs and params are in the store."""
+    client = MlflowClient(handle.tracking_uri)
+    runs = child_runs(client, handle.experiment_id)
+    arm = baseline_arm(runs)
+    if arm is None:
+        return 0
+    reference: dict[str, Run] = {}  # grid point -> the first baseline run there
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        if run.data.tags.get(ARM_TAG) == arm:
+            reference.setdefault(run.data.tags.get(GRID_POINT_TAG, "{}"), run)
+    changed = 0
+    for run in runs:
+        baseline = reference.get(run.data.tags.get(GRID_POINT_TAG, "{}"))
+        note = child_description(run, baseline, arm)
+        if run.data.tags.get(RUN_NOTE_TAG) != note:
+            client.set_tag(run.info.run_id, RUN_NOTE_TAG, note[:MAX_NOTE])
+            changed += 1
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -281,7 +281,10 @@ class RunQueue:
         self.storage.set_trial_system_attr(entry.trial_id, HEARTBEAT_ATTR, time.time())
 
     def set_mlflow_run(self, entry: QueuedRun, run_id: str) -> None:
-        self.storage.set_trial_user_attr(entry.trial_id, MLFLOW_RUN_ATTR, run_id)
+        try:
+            self.storage.set_trial_user_attr(entry.trial_id, MLFLOW_RUN_ATTR, run_id)
+        except UpdateFinishedTrialError:
+            pass  # taken for stale meanwhile (a starved heartbeat): its run is queued again
 
     def finish(self, entry: QueuedRun, final_val_loss: float | None) -> None:
         """COMPLETE with the run's final val loss, or FAIL without one. A trial failed meanwhile

@@ -24,6 +24,12 @@ from rtlab.config import DataConfig, RunConfig, canonical_json
 from rtlab.sweep.outcome import Message, RunOutcome, RunStatus, RunTimings
 from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue
 from rtlab.track import ChildRun, ChildState, ExperimentHandle, find_child
+from rtlab.track.checkpoints import (
+    CheckpointUploader,
+    download_checkpoint,
+    is_remote,
+    read_pointer,
+)
 from rtlab.track.names import BATCH_LOSS, TOKENS_PER_SEC, TRAIN_LOSS, VAL_LOSS
 
 if TYPE_CHECKING:
@@ -201,11 +207,33 @@ class Worker:
             # A checkpoint belongs to the MLflow run that wrote it: a new run (another store, a
             # deleted run) must not continue someone else's training and skip its metrics.
             reset_run_dir(self.config.state_dir, run.config_hash)
-        run_dir_for(self.config.state_dir, run.config_hash).mkdir(parents=True, exist_ok=True)
+        run_dir = run_dir_for(self.config.state_dir, run.config_hash)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if existing is not None and self.remote_checkpoints:
+            self._fetch_checkpoint(existing.run_id, run_dir)
         return ChildRun.open(
             self.handle, run, device=str(resolve_device(run.train.device)),
             existing_run_id=existing.run_id if existing is not None else None,
         )
+
+    @property
+    def remote_checkpoints(self) -> bool:
+        """Behind a tracking server, workers may be on other machines: checkpoints travel
+        through its artifact store. On one machine the run directory is enough."""
+        return is_remote(self.handle.tracking_uri)
+
+    def _fetch_checkpoint(self, run_id: str, run_dir: Path) -> None:
+        """A run begun elsewhere: continue from its last uploaded checkpoint unless this machine
+        holds a later one of its own."""
+        from rtlab.execute.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+        local = run_dir / CHECKPOINT_NAME
+        pointer = read_pointer(self.handle.tracking_uri, run_id)
+        if pointer is None:
+            return
+        if local.exists() and load_checkpoint(local)["step"] >= pointer["step"]:
+            return
+        download_checkpoint(self.handle.tracking_uri, run_id, local)
 
     def _train(self, run: RunConfig, child: ChildRun, watch: TrainingWatch | None) -> _Trained:
         """train(), then the finished run's artifacts; a failure is a FAILED run, not a raise."""
@@ -214,9 +242,11 @@ class Worker:
         run_dir = run_dir_for(self.config.state_dir, run.config_hash)
         relay = _MetricsRelay(child, self.emit, self.config.worker_index, run, self.should_stop,
                               watch)
+        upload = (CheckpointUploader(self.handle.tracking_uri, child.run_id)
+                  if self.remote_checkpoints and run.phase != "tune" else None)
         try:
-            result = train(run, run_dir, self.datasets.get(run.data),
-                           on_metrics=relay, should_stop=relay.should_stop)
+            result = train(run, run_dir, self.datasets.get(run.data), on_metrics=relay,
+                           on_checkpoint=upload, should_stop=relay.should_stop)
             if result.status == "stopped":
                 pruned = watch is not None and watch.pruned_at is not None
                 return _Trained("PRUNED" if pruned else "KILLED", result=result)

@@ -86,3 +86,8 @@ RUN_NOTE_TAG = "mlflow.note.content"  # a run's description, on its Overview pag
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SHARED_VIEW_PARAM = "viewStateShareKey"
 VIEW_KEY = "rtlab"  # the view's share key: rtlab writes one view per experiment
+
+# Checkpoints in the artifact store, for workers on other machines (rtlab.track.checkpoints): two
+# slots written in turn, and a pointer naming the last slot whose upload completed.
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_POINTER = "checkpoints/latest.json"

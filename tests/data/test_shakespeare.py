@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from rtlab.data import load_dataset
+from rtlab.data.base import DataError
 from rtlab.data.cache import MANIFEST
 from rtlab.data.sources import SHAKESPEARE, sha256_file
 
@@ -104,3 +106,32 @@ def test_full_corpus_has_all_42_works(tmp_path: Path) -> None:
     assert len(manifest["inputs"]["works"]) == 42
     assert manifest["sizes"]["chars"] == 5057280
     assert ds.vocab_size == 84
+
+
+def test_char_subset_keeps_the_head_of_the_train_split_and_the_val_split(
+    shakespeare_char_tiny, shared_data_dir: Path
+) -> None:
+    small = load_dataset("shakespeare_char_subset", {"train_chars": 20_000}, shared_data_dir)
+    other = load_dataset("shakespeare_char_subset", {"train_chars": 30_000}, shared_data_dir)
+    full_train = np.fromfile(shakespeare_char_tiny.files["train"], dtype=np.uint16)
+    small_train = np.fromfile(small.files["train"], dtype=np.uint16)
+    assert len(small_train) == manifest_of(small)["sizes"]["train_tokens"] == 20_000
+    assert np.array_equal(small_train, full_train[:20_000])
+    assert np.array_equal(
+        np.fromfile(small.files["val"], dtype=np.uint16),
+        np.fromfile(shakespeare_char_tiny.files["val"], dtype=np.uint16),
+    )
+    assert small.vocab_size == shakespeare_char_tiny.vocab_size  # vocabulary of the whole text
+    assert small.decode(small_train[:100].tolist()) == shakespeare_char_tiny.decode(
+        full_train[:100].tolist()
+    )
+    fingerprints = {small.fingerprint, other.fingerprint, shakespeare_char_tiny.fingerprint}
+    assert len(fingerprints) == 3  # the train size is part of the data's identity
+    x, _ = small.batch("train", index=0, batch_size=64, block_size=64, seed=0)
+    assert int(x.max()) < small.vocab_size
+
+
+def test_char_subset_rejects_a_bad_train_size(shared_data_dir: Path) -> None:
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(DataError, match="train_chars"):
+            load_dataset("shakespeare_char_subset", {"train_chars": bad}, shared_data_dir)

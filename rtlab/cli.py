@@ -512,7 +512,13 @@ def worker(
     import signal
     import threading
 
-    from rtlab.sweep import StorageError, WorkerConfig, experiment_state_dir, run_worker
+    from rtlab.sweep import (
+        StorageError,
+        StorageLost,
+        WorkerConfig,
+        experiment_state_dir,
+        run_worker,
+    )
     from rtlab.sweep.progress import SweepDisplay
 
     stop = threading.Event()
@@ -528,6 +534,8 @@ def worker(
         outcomes = run_worker(config, display.handle, stop.is_set)
     except KeyError:
         fail(f"no study '{study}' in {redact_url(storage)}")
+    except StorageLost as error:  # finished runs are in MLflow already; the rest stay queued
+        fail(str(error), code=1)
     except StorageError as error:
         fail(str(error))
     console.print(f"worker done: {len(outcomes)} run(s)")

@@ -21,25 +21,27 @@ noticed at once rather than after a grace period.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
-from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from rtlab.config import RunConfig
 from rtlab.sweep import optuna_adapter as adapter
 from rtlab.urls import redact_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+T = TypeVar("T")
 
 STATE_DIR = Path(".rtlab")
 # Trial user attrs: what a worker runs
@@ -59,6 +61,8 @@ HEARTBEAT_SECONDS = 30.0
 # A RUNNING trial of another machine silent for this many of its worker's periods is dead.
 STALE_PERIODS = 2.0
 CONNECT_TIMEOUT_SECONDS = 5
+# A worker waits out a database restart this long (about 30 s in all) before giving up.
+RETRY_DELAYS_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def experiment_state_dir(experiment: str, root: Path | None = None) -> Path:
@@ -75,6 +79,10 @@ class StorageError(RuntimeError):
     URL with its password redacted."""
 
 
+class StorageLost(StorageError):
+    """The storage stopped answering mid-sweep and did not come back within the retries."""
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Open (and on first use, create the tables of) an Optuna storage, or raise StorageError."""
     try:
@@ -86,6 +94,30 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(f"cannot open the Optuna storage {redact_url(url)}: "
                            f"{redact_url(reason)}") from None
+
+
+def retried(method: Callable[..., T]) -> Callable[..., T]:
+    """A RunQueue method that outlives a restart of the database server: retried with bounded
+    exponential backoff while the connection fails, then a StorageError (the store is gone)."""
+
+    @functools.wraps(method)
+    def call(self: RunQueue, *args: Any, **kwargs: Any) -> T:
+        for delay in (*RETRY_DELAYS_SECONDS, None):
+            try:
+                return method(self, *args, **kwargs)
+            except (StorageInternalError, SQLAlchemyError) as error:
+                cause = error.__cause__ if isinstance(error, StorageInternalError) else error
+                if not isinstance(cause, (OperationalError, InterfaceError)):
+                    raise
+                if delay is None:
+                    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+                    raise StorageLost(f"lost the Optuna storage {redact_url(self.url)} "
+                                       f"({sum(RETRY_DELAYS_SECONDS):.0f} s of retries): "
+                                       f"{redact_url(reason)}") from None
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    return call
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -218,6 +250,7 @@ class RunQueue:
         """FAIL the RUNNING trials of dead workers (their runs get queued again); their hashes."""
         return [queued_hash(t) or "" for t in self._fail_stale_trials()]
 
+    @retried
     def requeue_stale(self) -> list[str]:
         """A live worker's recovery: FAIL the trials of dead workers and queue their runs again
         at once; the hashes queued. Of several workers finding the same trial, one queues it."""
@@ -229,6 +262,7 @@ class RunQueue:
                 requeued.append(run.config_hash)
         return requeued
 
+    @retried
     def running_count(self) -> int:
         return len(self.storage.get_all_trials(self.study_id, deepcopy=False,
                                                states=(TrialState.RUNNING,)))
@@ -261,6 +295,7 @@ class RunQueue:
         return failed
 
     # ---- workers
+    @retried
     def pop(self, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> QueuedRun | None:
         """Claim the next WAITING run, or None when the queue is empty (never creates a trial).
         The claimant promises a heartbeat every `heartbeat_seconds`."""
@@ -277,15 +312,18 @@ class RunQueue:
             self.study.tell(trial.number, state=TrialState.FAIL)
         return None
 
+    @retried
     def heartbeat(self, entry: QueuedRun) -> None:
         self.storage.set_trial_system_attr(entry.trial_id, HEARTBEAT_ATTR, time.time())
 
+    @retried
     def set_mlflow_run(self, entry: QueuedRun, run_id: str) -> None:
         try:
             self.storage.set_trial_user_attr(entry.trial_id, MLFLOW_RUN_ATTR, run_id)
         except UpdateFinishedTrialError:
             pass  # taken for stale meanwhile (a starved heartbeat): its run is queued again
 
+    @retried
     def finish(self, entry: QueuedRun, final_val_loss: float | None) -> None:
         """COMPLETE with the run's final val loss, or FAIL without one. A trial failed meanwhile
         (taken for stale) stays as it is: MLflow, not the queue, says whether the run finished."""

@@ -2,8 +2,8 @@
 another from its last checkpoint (the local run directory stays the fast path on one machine).
 
 Atomic from the reader's side: a checkpoint goes to the slot the pointer does not name
-(`checkpoints/slot0|slot1/ckpt.pt`), and only after that upload completes is the pointer
-(`checkpoints/latest.json`: step, slot, sha256) rewritten. A reader follows the pointer and checks
+(`resume/slot0|slot1/ckpt.pt`), and only after that upload completes is the pointer
+(`resume/latest.json`: step, slot, sha256) rewritten. A reader follows the pointer and checks
 the digest, so it gets the last complete checkpoint or none, never half of one. Two slots bound
 the store's space to two checkpoints per run.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from rtlab.track.names import CHECKPOINT_DIR, CHECKPOINT_POINTER
+from rtlab.track.names import RESUME_DIR, RESUME_POINTER
 from rtlab.track.records import download_artifact, read_text_artifact
 
 
@@ -38,15 +38,15 @@ class CheckpointUploader:
 
     def __call__(self, step: int, path: Path) -> None:
         digest = file_sha256(path)
-        self.client.log_artifact(self.run_id, str(path), f"{CHECKPOINT_DIR}/slot{self.slot}")
+        self.client.log_artifact(self.run_id, str(path), f"{RESUME_DIR}/slot{self.slot}")
         pointer = {"step": step, "slot": self.slot, "file": Path(path).name, "sha256": digest}
-        self.client.log_text(self.run_id, json.dumps(pointer), CHECKPOINT_POINTER)
+        self.client.log_text(self.run_id, json.dumps(pointer), RESUME_POINTER)
         self.slot = 1 - self.slot
 
 
 def read_pointer(tracking_uri: str, run_id: str) -> dict | None:
     """The run's checkpoint pointer; None when it has none (or it is being rewritten)."""
-    text = read_text_artifact(tracking_uri, run_id, CHECKPOINT_POINTER)
+    text = read_text_artifact(tracking_uri, run_id, RESUME_POINTER)
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -59,7 +59,7 @@ def download_checkpoint(tracking_uri: str, run_id: str, destination: Path) -> in
     pointer = read_pointer(tracking_uri, run_id)
     if pointer is None:
         return None
-    path = f"{CHECKPOINT_DIR}/slot{pointer['slot']}/{pointer['file']}"
+    path = f"{RESUME_DIR}/slot{pointer['slot']}/{pointer['file']}"
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".download-") as scratch:
         local = download_artifact(tracking_uri, run_id, path, Path(scratch))

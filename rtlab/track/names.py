@@ -89,5 +89,5 @@ VIEW_KEY = "rtlab"  # the view's share key: rtlab writes one view per experiment
 
 # Checkpoints in the artifact store, for workers on other machines (rtlab.track.checkpoints): two
 # slots written in turn, and a pointer naming the last slot whose upload completed.
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_POINTER = "checkpoints/latest.json"
+RESUME_DIR = "resume"  # not CHECKPOINT_DIR: that one holds the finished run's checkpoint
+RESUME_POINTER = "resume/latest.json"

@@ -61,7 +61,7 @@ def wait_for_uploaded_checkpoint(storage: str, tracking: str, pid: int) -> str:
         for trial in optuna.load_study(study_name="tiny", storage=storage).get_trials():
             run_id = trial.user_attrs.get("mlflow_run_id")
             mine = trial.state == TrialState.RUNNING and trial.system_attrs.get("rtlab.pid") == pid
-            if mine and run_id and any(a.path == "checkpoints"
+            if mine and run_id and any(a.path == "resume"
                                        for a in client.list_artifacts(run_id)):
                 return trial.user_attrs["run_name"]
         time.sleep(0.2)

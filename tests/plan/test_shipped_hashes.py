@@ -49,6 +49,20 @@ SPEC_HASHES = {
         "reasoning_1-s1": "b013e220be53",
         "reasoning_1-s2": "0eb48ca8f17f",
     },
+    "precache_discrete.yaml": {
+        "baseline-s0": "98adaae8df69",
+        "baseline-s1": "96b3112ec2b0",
+        "baseline-s2": "eca68c23126d",
+        "reasoning_1-s0": "dbb24760f6c9",
+        "reasoning_1-s1": "d3b4bc3a3260",
+        "reasoning_1-s2": "d969eb49eb87",
+        "reasoning_2-s0": "a7d199fbc308",
+        "reasoning_2-s1": "2e8d7197fd78",
+        "reasoning_2-s2": "7afb9172ff70",
+        "myopic-s0": "d79f388009c1",
+        "myopic-s1": "9e74a8c879f2",
+        "myopic-s2": "7a46cd5eddd4",
+    },
     "reasoning_depth.yaml": {
         "reasoning-n_tokens=0-delay=1-s0": "7478552e58f0",
         "reasoning-n_tokens=0-delay=1-s1": "754b058d8ca1",
@@ -80,6 +94,17 @@ SPEC_HASHES = {
         "myopic-s0": "cdc1a1b862be",
         "myopic-s1": "1c2995b3772f",
         "myopic-s2": "0ca8e399cc2f",
+    },
+    "shakespeare_overfit.yaml": {
+        "baseline-s0": "7ee349531518",
+        "baseline-s1": "6120f7394488",
+        "baseline-s2": "43e908f6cef0",
+        "reasoning_1-s0": "969097917caa",
+        "reasoning_1-s1": "eb0da55fc635",
+        "reasoning_1-s2": "a35283e70df0",
+        "reasoning_2-s0": "6dbb051d7e0d",
+        "reasoning_2-s1": "8700fe03647d",
+        "reasoning_2-s2": "badc87ed26d5",
     },
 }
 

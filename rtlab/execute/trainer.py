@@ -41,6 +41,14 @@ from rtlab.execute.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from rtlab.execute.distributed import (
+    any_rank,
+    current_ranks,
+    from_main,
+    my_micro_batches,
+    sum_gradients,
+    sum_over_ranks,
+)
 from rtlab.model import GPT
 from rtlab.model.device import autocast_context, peak_flops, resolve_device
 
@@ -164,17 +172,20 @@ def forward_backward(
     model: torch.nn.Module,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     autocast: Callable[[], Any],
+    step_micro_batches: int | None = None,
 ) -> torch.Tensor:
     """Accumulate the gradient of the mean loss over `micro_batches`; return that mean (detached).
 
-    Each micro-batch loss is divided by their number, so the accumulated gradient equals the one
-    of a single batch made of all of them (micro-batches of equal size).
+    Each micro-batch loss is divided by the step's number of micro-batches (all of them, or
+    `step_micro_batches` when other processes take the rest), so the accumulated gradient equals
+    the one of a single batch made of all of them (micro-batches of equal size).
     """
+    count = step_micro_batches or len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     for x, y in micro_batches:
         with autocast():
             _, loss = model(x, y)
-            loss = loss / len(micro_batches)
+            loss = loss / count
         loss.backward()
         loss_sum += loss.detach().float()
     return loss_sum
@@ -287,7 +298,7 @@ def train(
     wall_start = time.perf_counter()
     loop = TrainingLoop(run, Path(run_dir), dataset, on_metrics, on_checkpoint)
     # Step 0: the untrained model, so every curve starts from the same place.
-    if loop.step == 0 and not loop.history:
+    if loop.ranks.is_main and loop.step == 0 and not loop.history:
         loop.report(0, loop.eval_metrics(0))
     status = loop.run_steps(should_stop)
     return loop.finish(status, wall_start)
@@ -303,6 +314,8 @@ class TrainingLoop:
         self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
         self.ckpt_path = run_dir / CHECKPOINT_NAME
         self.timings: dict[str, float] = {}
+        self.ranks = current_ranks()  # one process, or this one's place under torchrun
+        self.micro_batch_indices = my_micro_batches(self.cfg.grad_accum, self.ranks)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.device = resolve_device(self.cfg.device)
@@ -321,7 +334,8 @@ class TrainingLoop:
         self.tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.block_size
         self.step, self.best_val, self.history = 0, math.inf, []
         self.identity = run_identity(run, dataset.fingerprint)
-        self.saved_step = self._resume() if self.ckpt_path.exists() else -1
+        resume_from = self._resume_checkpoint()
+        self.saved_step = self._resume(resume_from) if resume_from is not None else -1
         self.resumed_from_step = self.step
         self.step_seconds = 0.0
 
@@ -338,9 +352,15 @@ class TrainingLoop:
                               for x, y in self.eval_batches["val"]] if self.class_names else None
         self.timings["setup"] = time.perf_counter() - setup_start
 
-    def _resume(self) -> int:
+    def _resume_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from: rank 0's, on every rank."""
+        ckpt = None
+        if self.ranks.is_main and self.ckpt_path.exists():
+            ckpt = load_checkpoint(self.ckpt_path)
+        return from_main(ckpt) if self.ranks.active else ckpt
+
+    def _resume(self, ckpt: dict[str, Any]) -> int:
         """Load the checkpoint into model, optimizer and RNGs; return its step."""
-        ckpt = load_checkpoint(self.ckpt_path)
         if ckpt["run_identity"] != self.identity:
             raise ValueError(
                 f"{self.ckpt_path}: checkpoint was written for another config or seed; "
@@ -404,9 +424,12 @@ class TrainingLoop:
             to_device(self.dataset.batch("train", index=step * cfg.grad_accum + micro,
                                          batch_size=cfg.batch_size, block_size=self.block_size,
                                          seed=self.run.seed), self.device)
-            for micro in range(cfg.grad_accum)
+            for micro in self.micro_batch_indices
         ]
-        loss = forward_backward(self.train_model, micro_batches, self.autocast)
+        loss = forward_backward(self.train_model, micro_batches, self.autocast, cfg.grad_accum)
+        if self.ranks.active:
+            sum_gradients(list(self.model.parameters()))
+            loss = sum_over_ranks(loss)
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
@@ -426,13 +449,15 @@ class TrainingLoop:
         self.model.train()
         log_tokens, log_seconds = 0, 0.0  # throughput since the last log step
         while self.step < cfg.max_iters:
-            if should_stop is not None and should_stop():
+            if self.stop_asked(should_stop):
                 return "stopped"
             step_start = time.perf_counter()
             lr, batch_loss = self.optimizer_step()
             step, elapsed = self.step, time.perf_counter() - step_start
             self.step_seconds += elapsed
             log_tokens, log_seconds = log_tokens + self.tokens_per_step, log_seconds + elapsed
+            if not self.ranks.is_main:
+                continue  # rank 0 alone evaluates, reports and checkpoints
 
             metrics: dict[str, float] = {}
             is_last = step == cfg.max_iters
@@ -451,6 +476,11 @@ class TrainingLoop:
                 self.write_checkpoint(step)
         return "finished"
 
+    def stop_asked(self, should_stop: Callable[[], bool] | None) -> bool:
+        """Rank 0 decides (its callback); under torchrun every rank learns it."""
+        stop = should_stop is not None and self.ranks.is_main and should_stop()
+        return any_rank(stop, self.device) if self.ranks.active else stop
+
     def log_metrics(self, lr: float, batch_loss: float, tokens_per_sec: float) -> dict[str, float]:
         metrics = {
             "batch_loss": batch_loss,
@@ -466,6 +496,8 @@ class TrainingLoop:
     def finish(self, status: str, wall_start: float) -> TrainResult:
         """A last checkpoint (resume point of a stopped run, result of a finished one), the
         sample, and the result."""
+        if not self.ranks.is_main:
+            return self.follower_result(status, wall_start)
         keep_checkpoint = status == "stopped" or self.cfg.save_checkpoint
         if keep_checkpoint and self.saved_step != self.step:
             self.write_checkpoint(self.step)
@@ -490,6 +522,16 @@ class TrainingLoop:
             checkpoint_path=self.ckpt_path if keep_checkpoint else None,
             flops_per_token=self.flops_per_token, device=str(self.device), wall_seconds=wall,
             step_seconds=self.step_seconds, overhead_seconds=self.timings,
+        )
+
+    def follower_result(self, status: str, wall_start: float) -> TrainResult:
+        """What a rank other than 0 returns: its share of the work, nothing written."""
+        return TrainResult(
+            status=status, steps=self.step, resumed_from_step=self.resumed_from_step,
+            final_metrics=self.counters(self.step), history=[], sample=None,
+            checkpoint_path=None, flops_per_token=self.flops_per_token, device=str(self.device),
+            wall_seconds=time.perf_counter() - wall_start, step_seconds=self.step_seconds,
+            overhead_seconds=self.timings,
         )
 
 

@@ -1,0 +1,79 @@
+"""One run across processes: DDP under torchrun (gloo on CPU) computes the one-process run with
+the same global batch, to float32 rounding; killed, it resumes with any number of processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.postgres import free_port
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).resolve().parents[1] / "helpers" / "ddp_train.py"
+LOSSES = ("batch_loss", "train_loss", "val_loss")
+
+
+def train_with(
+    processes: int, run_dir: Path, out: Path, *extra: str
+) -> subprocess.CompletedProcess:
+    if processes == 1:
+        command = [sys.executable, str(SCRIPT)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                   str(processes), "--master-addr", "127.0.0.1", "--master-port",
+                   str(free_port()), str(SCRIPT)]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(run_dir.parent)}
+    return subprocess.run([*command, str(run_dir), str(out), *extra], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def losses(out: Path, world: int = 1) -> dict[int, dict[str, float]]:
+    written = json.loads(out.read_text())
+    assert written["world"] == world  # it really ran on that many processes
+    history = written["history"]
+    return {int(step): {k: v for k, v in metrics.items() if k in LOSSES}
+            for step, metrics in history.items()}
+
+
+def assert_close(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> None:
+    assert a.keys() == b.keys()
+    for step in a:
+        assert a[step].keys() == b[step].keys(), step
+        for key, value in a[step].items():
+            assert b[step][key] == pytest.approx(value, rel=2e-5), (step, key)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, float]]:
+    root = tmp_path_factory.mktemp("one")
+    done = train_with(1, root / "run", root / "out.json")
+    assert done.returncode == 0, done.stderr
+    return losses(root / "out.json")
+
+
+def test_two_processes_compute_the_one_process_run(one_process, tmp_path):
+    done = train_with(2, tmp_path / "run", tmp_path / "out.json")
+    assert done.returncode == 0, done.stderr
+    two = losses(tmp_path / "out.json", world=2)
+    assert max(two) == 20 and two[0]["val_loss"] > two[20]["val_loss"]
+    assert_close(one_process, two)
+
+
+@pytest.mark.parametrize("resume_with", [2, 1])
+def test_killed_under_ddp_it_resumes_with_any_number_of_processes(one_process, tmp_path,
+                                                                  resume_with):
+    killed = train_with(2, tmp_path / "run", tmp_path / "killed.json", "--kill-at", "10")
+    assert killed.returncode != 0 and not (tmp_path / "killed.json").exists()
+    assert (tmp_path / "run" / "ckpt.pt").exists()
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    done = train_with(resume_with, tmp_path / "copy", tmp_path / "out.json")
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads((tmp_path / "out.json").read_text())
+    assert resumed["resumed_from_step"] == 10
+    after = {step: value for step, value in one_process.items() if step > 10}
+    assert_close(after, losses(tmp_path / "out.json", world=resume_with))

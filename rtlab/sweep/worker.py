@@ -77,14 +77,41 @@ def reset_run_dir(state_dir: str | Path, config_hash: str) -> None:
 
 
 def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> list[RunOutcome]:
-    """Pull WAITING trials until none remain (or a stop is asked); return what happened."""
+    """Pull WAITING trials until none remain (or a stop is asked); return what happened.
+
+    Under torchrun, rank 0 is the worker (queue, MLflow) and trains each run with the other
+    ranks, which only follow: they receive each run from it and take their share of its steps."""
     import torch
+
+    from rtlab.execute.distributed import current_ranks, from_main
 
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.gpu is not None and torch.cuda.is_available():
         torch.cuda.set_device(config.gpu)
-    return Worker(config, emit, should_stop).run()
+    ranks = current_ranks()
+    if not ranks.is_main:
+        follow_main()
+        return []
+    try:
+        return Worker(config, emit, should_stop).run()
+    finally:
+        if ranks.active:
+            from_main(None)  # no more runs: the followers end
+
+
+def follow_main() -> None:
+    """A rank other than 0: train each run rank 0 announces (nothing written here) until None."""
+    import tempfile
+
+    from rtlab.execute import train
+    from rtlab.execute.distributed import from_main
+
+    datasets = _DatasetCache()
+    while (announced := from_main(None)) is not None:
+        run = RunConfig.from_json(announced)
+        with tempfile.TemporaryDirectory(prefix="rtlab-follower-") as scratch:
+            train(run, Path(scratch), datasets.get(run.data))
 
 
 class Worker:
@@ -244,6 +271,7 @@ class Worker:
                               watch)
         upload = (CheckpointUploader(self.handle.tracking_uri, child.run_id)
                   if self.remote_checkpoints and run.phase != "tune" else None)
+        announce_to_followers(run)
         try:
             result = train(run, run_dir, self.datasets.get(run.data), on_metrics=relay,
                            on_checkpoint=upload, should_stop=relay.should_stop)
@@ -298,6 +326,14 @@ class Worker:
             tokens=final.get("tokens_seen", 0.0), flops=final.get("flops_seen", 0.0),
             phase=run.phase, pruned_at=watch.pruned_at if watch is not None else None,
         )
+
+
+def announce_to_followers(run: RunConfig) -> None:
+    """Under torchrun, the other ranks train this run with rank 0 (see follow_main)."""
+    from rtlab.execute.distributed import current_ranks, from_main
+
+    if current_ranks().active:
+        from_main(run.to_json())
 
 
 # How a run ended (RunStatus) -> the state tag of a searched experiment's run

@@ -77,3 +77,55 @@ def test_killed_under_ddp_it_resumes_with_any_number_of_processes(one_process, t
     assert resumed["resumed_from_step"] == 10
     after = {step: value for step, value in one_process.items() if step > 10}
     assert_close(after, losses(tmp_path / "out.json", world=resume_with))
+
+
+SPEC = """\
+name: ddp
+description: one run on one process or two (DDP under torchrun)
+seeds: [0]
+base:
+  data: {name: precache_discrete, n_digits: 3, modulus: 5}
+  model: {block_size: 16, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}
+  train: {max_iters: 20, batch_size: 4, grad_accum: 2, learning_rate: 1.0e-3, warmup_iters: 0,
+          eval_interval: 10, eval_iters: 2, checkpoint_interval: 10, log_interval: 5,
+          device: cpu, sample_tokens: 0, threads: 1}
+variants:
+  baseline: {}
+  reasoning_1: {model: {reasoning: {n_tokens: 1}}}
+"""
+
+
+def final_val_losses(tracking: str) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("ddp")
+    kids = client.search_runs([experiment.experiment_id], "tags.`rtlab.role` = 'child'")
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    return {k.data.tags["rtlab.arm"]: k.data.metrics["final_val_loss"] for k in kids}
+
+
+def test_rtlab_worker_under_torchrun_trains_each_queued_run_on_two_processes(tmp_path):
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "RTLAB_DATA_DIR": str(tmp_path / "data")}
+    finals = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "ddp.yaml").write_text(SPEC)
+        queued = subprocess.run([sys.executable, "-m", "rtlab.cli", "run", "ddp.yaml",
+                                 "--workers", "0", "--quiet"], cwd=folder, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert queued.returncode == 0, queued.stdout + queued.stderr
+        worker = ["-m", "rtlab.cli", "worker", "--study", "ddp", "--storage",
+                  f"sqlite:///{folder / '.rtlab' / 'ddp' / 'optuna.db'}"]
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                     "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+                    if processes == 2 else [sys.executable])
+        done = subprocess.run([*launcher, *worker], cwd=folder, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        finals[name] = final_val_losses(f"sqlite:///{folder / 'mlflow.db'}")
+    assert finals["one"].keys() == finals["two"].keys() == {"baseline", "reasoning_1"}
+    for arm, value in finals["one"].items():
+        assert finals["two"][arm] == pytest.approx(value, rel=2e-5)

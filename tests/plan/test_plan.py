@@ -12,7 +12,7 @@ import pytest
 
 from rtlab.config import RunConfig, config_hash
 from rtlab.plan import flatten_config, plan_runs, plan_table
-from rtlab.spec import load_spec
+from rtlab.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPTH = ROOT / "experiments" / "reasoning_depth.yaml"
@@ -109,7 +109,9 @@ def test_a_change_in_any_field_seed_or_data_fingerprint_changes_the_hash():
 
 
 def test_data_fingerprint_is_asked_once_per_distinct_data_section_and_enters_the_hash():
-    spec = load_spec(MYOPIA)
+    # The shipped myopia_synthetic spec has one p; a grid over the data section is the point here.
+    text = MYOPIA.read_text() + "\ngrid:\n  data.p: [0.25, 0.5, 0.75]\n"
+    spec = parse_spec(text, str(MYOPIA))
     calls = []
 
     def fingerprint(data) -> str:

@@ -12,7 +12,8 @@ from rtlab.spec import load_spec
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.yaml"))
 EXPECTED = {
-    "mini_sweep", "seed_shakespeare_char", "gpt2_owt", "myopia_synthetic", "reasoning_depth"
+    "mini_sweep", "seed_shakespeare_char", "gpt2_owt", "myopia_synthetic", "reasoning_depth",
+    "precache_discrete", "shakespeare_overfit",
 }
 
 
@@ -60,6 +61,12 @@ def test_reasoning_depth_and_myopia_grids():
     depth = load_spec(EXPERIMENTS / "reasoning_depth.yaml")
     assert depth.grid == {"model.reasoning.n_tokens": [0, 1, 2, 4], "model.reasoning.delay": [1, 2]}
     myopia = load_spec(EXPERIMENTS / "myopia_synthetic.yaml")
-    assert myopia.arms == ["baseline", "myopic_strict", "myopic_paper"]
-    assert len(myopia.grid["data.p"]) >= 2
-    assert myopia.resolve("myopic_paper", {"data.p": 0.25}).model.head == "regression"
+    assert myopia.arms == ["baseline", "myopic_strict", "myopic_paper", "reasoning_1"]
+    assert not myopia.grid  # one p (0.5), sized to fit the CPU budget (issue 12)
+    assert myopia.resolve("myopic_paper").model.head == "regression"
+
+
+@pytest.mark.parametrize("name", ["myopia_synthetic", "precache_discrete", "shakespeare_overfit"])
+def test_issue_12_studies_have_three_seeds_and_a_baseline(name):
+    spec = load_spec(EXPERIMENTS / f"{name}.yaml")
+    assert len(spec.seeds) >= 3 and "baseline" in spec.arms

@@ -53,6 +53,7 @@ from rtlab.track.names import (
 )
 from rtlab.track.provenance import git_state
 from rtlab.track.records import artifact_files, log_directory, read_text_artifact, run_config
+from rtlab.urls import public_store_uri
 
 
 @dataclass
@@ -490,7 +491,7 @@ def _manifest(
         "git_commit": _most_common(runs["git_commit"]),
         "git_dirty": ("true" in dirty_tags) if dirty_tags else None,
         "created": created,
-        "tracking_uri": data.tracking_uri,
+        "tracking_uri": public_store_uri(data.tracking_uri),
         "parent_run_id": parent.run_id if parent else None,
         "runs": _manifest_runs(data),
         "report": _generator(),
@@ -583,7 +584,8 @@ def _provenance(data: ExperimentData, analysis: Analysis, manifest: dict) -> doc
         f"`{generator['git_commit'] or 'unknown'}`"
         f"{' (uncommitted changes)' if generator['git_dirty'] else ''}, "
         f"MLflow {generator['mlflow']}",
-        f"tracking store `{data.tracking_uri}`, experiment id {data.experiment_id}, parent run "
+        f"tracking store `{manifest['tracking_uri']}`, experiment id {data.experiment_id}, "
+        f"parent run "
         f"`{manifest['parent_run_id'] or 'none'}`; generated {manifest['created']}",
     ])
 

@@ -111,8 +111,9 @@ def _register_all() -> None:
     register(
         "precache_synthetic",
         "Wu et al. pre-caching regression task (METHODS §5), generated from the seed",
-        {"p": 0.5},
-    )(lambda o, d, f: synthetic.PrecacheSynthetic(float(o["p"])))
+        {"p": 0.5, "window": synthetic.PRECACHE_WINDOW, "frequency": synthetic.PRECACHE_FREQUENCY},
+    )(lambda o, d, f: synthetic.PrecacheSynthetic(
+        float(o["p"]), int(o["window"]), float(o["frequency"])))
     register(
         "precache_discrete",
         "discrete pre-caching LM task: d_1..d_w = (sum d_(i-1) d_i) mod M, generated from the seed",

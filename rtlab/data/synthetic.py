@@ -2,12 +2,13 @@
 
 `precache_synthetic` (Wu, Morris & Levine 2024; METHODS.md §5), regression:
     x_n ~ N(0, 1) i.i.d.,  z_n ~ Bernoulli(p) i.i.d.,
-    y_n = z_n * sum_{i=1..10} sin(10 * x_{n-i}) + (1 - z_n) * x_n,   with x_m = 0 for m < 0,
+    y_n = z_n * sum_{i=1..W} sin(F * x_{n-i}) + (1 - z_n) * x_n,   with x_m = 0 for m < 0,
 where n counts from the start of each sequence (every row of a batch is a fresh sequence of
-`block_size` steps; the paper uses 64). The model reads the features (x_n, z_n), so x has shape
-(B, T, 2) and y has shape (B, T), both float32. sin(10 x) of a past input cannot be recovered from
-an attention average of linear features of x, so a good model computes sin(10 x_m) at position m,
-where its own target never needs it (pre-caching): exactly what myopic training forbids.
+`block_size` steps; the paper uses 64 and W = F = 10, the defaults). The model reads the
+features (x_n, z_n), so x has shape (B, T, 2) and y has shape (B, T), both float32. sin(F x)
+of a past input cannot be recovered from an attention average of linear features of x, so a good
+model computes sin(F x_m) at position m, where its own target never needs it (pre-caching):
+exactly what myopic training forbids.
 
 `precache_discrete`, language modelling: the same idea with tokens. The stream is a repetition of
 periods of `n_digits + 2` tokens:
@@ -46,13 +47,17 @@ def params_fingerprint(params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def precache_targets(x: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """y_n = z_n * sum_{i=1..10} sin(10 x_{n-i}) + (1 - z_n) x_n over the last axis, float64."""
-    s = np.sin(PRECACHE_FREQUENCY * x.astype(np.float64))
-    # prefix[k] = sum_{m < k} s_m, so sum_{i=1..10} s_{n-i} = prefix[n] - prefix[max(n - 10, 0)].
+def precache_targets(
+    x: np.ndarray, z: np.ndarray, window: int = PRECACHE_WINDOW,
+    frequency: float = PRECACHE_FREQUENCY,
+) -> np.ndarray:
+    """y_n = z_n * sum_{i=1..W} sin(F x_{n-i}) + (1 - z_n) x_n over the last axis, float64
+    (the paper: W = F = 10)."""
+    s = np.sin(frequency * x.astype(np.float64))
+    # prefix[k] = sum_{m < k} s_m, so sum_{i=1..W} s_{n-i} = prefix[n] - prefix[max(n - W, 0)].
     prefix = np.concatenate([np.zeros(s.shape[:-1] + (1,)), np.cumsum(s, axis=-1)], axis=-1)
     n = np.arange(x.shape[-1])
-    window_sum = prefix[..., n] - prefix[..., np.maximum(n - PRECACHE_WINDOW, 0)]
+    window_sum = prefix[..., n] - prefix[..., np.maximum(n - window, 0)]
     return z * window_sum + (1.0 - z) * x
 
 
@@ -60,19 +65,24 @@ class PrecacheSynthetic(Dataset):
     """Wu et al.'s pre-caching regression task (METHODS §5), with Bernoulli probability p.
 
     Position classes: `copy` (z = 0, the target is the current input) and `needs_past` (z = 1,
-    the target sums features of the ten previous inputs: where pre-caching pays off).
+    the target sums features of the W previous inputs: where pre-caching pays off).
     """
 
     position_class_names = ("copy", "needs_past")
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, window: int = PRECACHE_WINDOW,
+                 frequency: float = PRECACHE_FREQUENCY) -> None:
         if not 0.0 <= p <= 1.0:
             raise DataError(f"precache_synthetic: p must be in [0, 1], got {p}")
+        if window < 1:
+            raise DataError(f"precache_synthetic: window must be >= 1, got {window}")
+        if not frequency > 0:
+            raise DataError(f"precache_synthetic: frequency must be > 0, got {frequency}")
         params = {
             "dataset": "precache_synthetic",
             "p": p,
-            "window": PRECACHE_WINDOW,
-            "frequency": PRECACHE_FREQUENCY,
+            "window": window,
+            "frequency": frequency,
             "generator": "numpy-pcg64-v1",
         }
         super().__init__(
@@ -82,7 +92,7 @@ class PrecacheSynthetic(Dataset):
             fingerprint=params_fingerprint(params),
             meta={"params": params, "source": {"kind": "generated"}},
         )
-        self.p = p
+        self.p, self.window, self.frequency = p, window, frequency
 
     def batch(
         self, split: Split, index: int, batch_size: int, block_size: int, seed: int
@@ -92,7 +102,7 @@ class PrecacheSynthetic(Dataset):
         # Targets are computed from the float32 inputs the model will read, so they agree exactly.
         x = rng.standard_normal((batch_size, block_size)).astype(np.float32).astype(np.float64)
         z = (rng.random((batch_size, block_size)) < self.p).astype(np.float64)
-        y = precache_targets(x, z)
+        y = precache_targets(x, z, self.window, self.frequency)
         features = np.stack([x, z], axis=-1)
         return (
             torch.from_numpy(features.astype(np.float32)),

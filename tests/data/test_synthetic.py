@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rtlab.data import DataError, load_dataset
+from rtlab.data.synthetic import PrecacheSynthetic
 
 
 def precache_reference(x: list[float], z: list[float]) -> list[float]:
@@ -136,3 +137,17 @@ def test_text_datasets_label_no_classes(tmp_path) -> None:
     x, y = ds.batch("val", 0, 2, 8, 0)
     assert ds.position_class_names == ()
     assert ds.position_classes(x, y) is None
+
+
+def test_precache_synthetic_task_size_is_an_option_of_its_own_fingerprint():
+    small = PrecacheSynthetic(0.5, window=3, frequency=3.0)
+    x, y = small.batch("train", index=0, batch_size=2, block_size=8, seed=0)
+    inputs, z = x[..., 0].double().numpy(), x[..., 1].double().numpy()
+    for row in range(2):
+        for n in range(8):
+            past = sum(np.sin(3.0 * inputs[row, n - i]) for i in range(1, 4) if n - i >= 0)
+            expected = past if z[row, n] else inputs[row, n]
+            assert float(y[row, n]) == pytest.approx(expected, abs=1e-5)
+    fingerprints = {PrecacheSynthetic(0.5).fingerprint, small.fingerprint,
+                    PrecacheSynthetic(0.5, window=3).fingerprint}
+    assert len(fingerprints) == 3

@@ -178,7 +178,8 @@ def test_an_arm_or_grid_naming_another_dataset_does_not_inherit_base_options():
     )
     spec = parse_spec(spec_text(extra), "d.yaml")
     assert spec.resolve("baseline").data == DataConfig(name="shakespeare_char", size="tiny")
-    assert spec.resolve("synthetic").as_dict()["data"] == {"name": "precache_synthetic", "p": 0.5}
+    assert spec.resolve("synthetic").as_dict()["data"] == {
+        "name": "precache_synthetic", "p": 0.5, "window": 10, "frequency": 10.0}
     grid = "grid.data.name=[shakespeare_char, shakespeare]"
     spec = load_spec(VALID, ["base.data.size=tiny", grid])
     assert spec.resolve("baseline", {"data.name": "shakespeare"}).as_dict()["data"] == {

@@ -75,13 +75,34 @@ def set_state(storage: BaseStorage, trial: int, state: TrialState) -> bool:
         return False
 
 
-def claim_waiting(storage: BaseStorage, study_id: int, url: str) -> FrozenTrial | None:
-    """Move one WAITING trial to RUNNING and return it (as it was), or None when none waits."""
+def claim_waiting(
+    storage: BaseStorage, study_id: int, url: str, start: int | None = None
+) -> tuple[FrozenTrial | None, int]:
+    """Move one WAITING trial numbered `start` or later to RUNNING; return it (None when none
+    waits) and where the claimant's next search starts.
+
+    A trial leaves WAITING for good and new ones get higher numbers, so trials below a number
+    this claimant has seen taken never need looking at again: from `start` the trials are tried
+    in number order, one lookup and one conditional update each, with no listing of the study
+    (listing every WAITING trial, with its RunConfig, made each claim cost O(queue length):
+    benchmarks/bench_queue.py). `start=None` (a claimant's first claim) lists once to find the
+    first WAITING trial.
+    """
     with claim_lock(url):
-        for waiting in storage.get_all_trials(study_id, states=(TrialState.WAITING,)):
-            if set_state(storage, trial_id(storage, study_id, waiting), TrialState.RUNNING):
-                return waiting
-    return None
+        if start is None:
+            waiting = storage.get_all_trials(study_id, deepcopy=False,
+                                             states=(TrialState.WAITING,))
+            start = min((t.number for t in waiting), default=len(storage.get_all_trials(
+                study_id, deepcopy=False)))
+        number = start
+        while True:
+            try:
+                trial = trial_id(storage, study_id, number)
+            except KeyError:
+                return None, number  # past the last trial: nothing waits from `start` on
+            if set_state(storage, trial, TrialState.RUNNING):
+                return storage.get_trial(trial), number + 1
+            number += 1
 
 
 def trial_of(study: optuna.Study, trial_id: int) -> optuna.Trial:

@@ -205,6 +205,7 @@ class RunQueue:
         self.storage = storage
         self.study = study
         self.study_id = storage.get_study_id_from_name(study.study_name)
+        self._claim_from: int | None = None  # trials below this number are taken for good
 
     @classmethod
     def create(cls, url: str, name: str, attrs: Mapping[str, str]) -> RunQueue:
@@ -299,7 +300,11 @@ class RunQueue:
     def pop(self, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> QueuedRun | None:
         """Claim the next WAITING run, or None when the queue is empty (never creates a trial).
         The claimant promises a heartbeat every `heartbeat_seconds`."""
-        while (trial := adapter.claim_waiting(self.storage, self.study_id, self.url)) is not None:
+        while True:
+            trial, self._claim_from = adapter.claim_waiting(
+                self.storage, self.study_id, self.url, self._claim_from)
+            if trial is None:
+                return None
             trial_id = adapter.trial_id(self.storage, self.study_id, trial)
             for key, value in ((HOST_ATTR, host_name()), (PID_ATTR, os.getpid()),
                                (HEARTBEAT_ATTR, time.time()),
@@ -310,7 +315,6 @@ class RunQueue:
                 return QueuedRun(trial.number, trial_id, run)
             self.storage.set_trial_system_attr(trial_id, UNREADABLE_ATTR, True)
             self.study.tell(trial.number, state=TrialState.FAIL)
-        return None
 
     @retried
     def heartbeat(self, entry: QueuedRun) -> None:

@@ -76,6 +76,16 @@ def test_concurrent_workers_claim_each_trial_exactly_once(queue, url):
     assert {t.state for t in trials} == {TrialState.COMPLETE}
 
 
+def test_a_claimant_past_the_end_still_finds_runs_queued_later(queue, url):
+    worker = RunQueue.open(url, "exp")
+    queue.enqueue(make_run(0))
+    first = worker.pop()
+    assert first.run == make_run(0) and worker.pop() is None  # its search is past the end
+    queue.enqueue(make_run(1))  # a run queued again (a dead worker's), or a later sweep's
+    assert worker.pop().run == make_run(1)
+    assert worker.pop() is None
+
+
 def test_finish_completes_with_the_value_or_fails_without_one(queue):
     queue.enqueue(make_run(0))
     queue.enqueue(make_run(1))

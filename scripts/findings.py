@@ -3,7 +3,7 @@
 For every report under reports/: each arm against its baseline on the final validation loss (and
 the final train loss), the same at equal FLOPs where the report has that comparison, and each
 position class's validation loss where the dataset labels classes. Verdicts: a claims-check
-verdict where the report checks a claim on that arm and metric; otherwise "lower" / "higher" when
+verdict (in bold) where the report checks a claim on that arm and metric; otherwise "lower" / "higher" when
 the 95% interval excludes 0, else "no difference (detects ±X%)".
 
     python scripts/findings.py            # prints the Markdown table
@@ -32,7 +32,7 @@ def delta_cell(row: pd.Series, prefix: str) -> str:
 
 def verdict(row: pd.Series, prefix: str, claimed: str | None) -> str:
     if claimed:
-        return claimed
+        return f"**{claimed}** (claim)"
     low, high = row[f"{prefix}_delta_pct_ci_low"], row[f"{prefix}_delta_pct_ci_high"]
     if low > 0:
         return "higher"
@@ -41,14 +41,14 @@ def verdict(row: pd.Series, prefix: str, claimed: str | None) -> str:
     return f"no difference (detects ±{row[f'{prefix}_detectable_pct']:.0f}%)"
 
 
-def claim_verdicts(tables: Path) -> dict[str, str]:
+def claim_verdicts(tables: Path) -> dict[tuple[str, str], str]:
+    """(arm, metric) -> the claims check's verdict, for metrics val_loss and train_loss."""
     path = tables / "claims.csv"
     if not path.exists():
         return {}
     claims = pd.read_csv(path)
-    return {arm: v for arm, metric, v in zip(claims["claim_arm"], claims["claim_metric"],
-                                             claims["verdict"], strict=True)
-            if metric == "val_loss"}
+    return {(arm, metric): v for arm, metric, v in zip(
+        claims["claim_arm"], claims["claim_metric"], claims["verdict"], strict=True)}
 
 
 def rows_of(report: Path) -> list[list[str]]:
@@ -60,8 +60,9 @@ def rows_of(report: Path) -> list[list[str]]:
     for _, row in summary[~summary["is_baseline"]].iterrows():
         point = f" ({row['grid_point']})" if isinstance(row["grid_point"], str) else ""
         arm = f"{row['arm']}{point}"
-        for prefix, metric, claim in (("final_val_loss", "val loss", claims.get(row["arm"])),
-                                      ("final_train_loss", "train loss", None)):
+        for prefix, metric, claim in (
+                ("final_val_loss", "val loss", claims.get((row["arm"], "val_loss"))),
+                ("final_train_loss", "train loss", claims.get((row["arm"], "train_loss")))):
             rows.append([link, arm, metric, delta_cell(row, prefix),
                          f"{row[f'{prefix}_detectable_pct']:.1f}%", verdict(row, prefix, claim)])
     matched = tables / "matched_compute.csv"

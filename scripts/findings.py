@@ -3,8 +3,8 @@
 For every report under reports/: each arm against its baseline on the final validation loss (and
 the final train loss), the same at equal FLOPs where the report has that comparison, and each
 position class's validation loss where the dataset labels classes. Verdicts: a claims-check
-verdict (in bold) where the report checks a claim on that arm and metric; otherwise "lower" / "higher" when
-the 95% interval excludes 0, else "no difference (detects ±X%)".
+verdict (in bold) where the report checks a claim on that arm and metric; otherwise "lower" /
+"higher" when the 95% interval excludes 0, else "no difference (detects ±X%)".
 
     python scripts/findings.py            # prints the Markdown table
 """

@@ -38,7 +38,7 @@ def verdict(row: pd.Series, prefix: str, claimed: str | None) -> str:
         return "higher"
     if high < 0:
         return "lower"
-    return f"no difference (detects ±{row[f'{prefix}_detectable_pct']:.0f}%)"
+    return f"no difference (detects ±{row[f'{prefix}_detectable_pct']:.1f}%)"
 
 
 def claim_verdicts(tables: Path) -> dict[tuple[str, str], str]:

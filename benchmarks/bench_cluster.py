@@ -92,7 +92,10 @@ def ddp_step_seconds(processes: int, steps: int) -> float:
                      str(processes), "--master-addr", "127.0.0.1", "--master-port", "29533"]
                     if processes > 1 else [sys.executable])
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run([*launcher, *child], check=True, env=env, capture_output=True)
+        done = subprocess.run([*launcher, *child], env=env, capture_output=True, text=True,
+                              cwd=ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(f"DDP child failed: {done.stderr[-2000:]}")
         return json.loads(out.read_text())["median_step_s"]
 
 
@@ -144,6 +147,10 @@ def main() -> None:
     if args.ddp_child:
         return ddp_child(args.ddp_child, args.ddp_steps)
     results: dict[str, Any] = {}
+    one, two = ddp_step_seconds(1, args.ddp_steps), ddp_step_seconds(2, args.ddp_steps)
+    results["ddp"] = {"step_s_1_process": one, "step_s_2_processes": two,
+                      "ratio_2_over_1": two / one}
+    print(json.dumps(results["ddp"]))
     with tempfile.TemporaryDirectory(prefix="rtlab-bench-cluster-") as scratch:
         root = Path(scratch)
         (root / "embedded").mkdir()
@@ -158,13 +165,11 @@ def main() -> None:
         finally:
             server.stop()
             postgres.stop()
+            os.chdir(ROOT)  # the sweeps ran in folders that are about to go
     per_run = args.max_iters // 25
     results["checkpoint_upload"] = {
         "median_upload_s": upload, "uploads_per_run": per_run,
         "share_of_run": upload * per_run / results["cluster"]["median_run_wall_s"]}
-    one, two = ddp_step_seconds(1, args.ddp_steps), ddp_step_seconds(2, args.ddp_steps)
-    results["ddp"] = {"step_s_1_process": one, "step_s_2_processes": two,
-                      "ratio_2_over_1": two / one}
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -265,8 +265,13 @@ class RunQueue:
 
     @retried
     def running_count(self) -> int:
-        return len(self.storage.get_all_trials(self.study_id, deepcopy=False,
-                                               states=(TrialState.RUNNING,)))
+        """RUNNING trials of other processes (one this process claimed but lost track of, in a
+        retried pop, must not keep it waiting for itself)."""
+        running = self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                              states=(TrialState.RUNNING,))
+        me = (host_name(), os.getpid())
+        return sum((t.system_attrs.get(HOST_ATTR), t.system_attrs.get(PID_ATTR)) != me
+                   for t in running)
 
     def _fail_stale_trials(self) -> list[FrozenTrial]:
         with adapter.claim_lock(self.url):  # SQLite: only one process moves a trial to FAIL

@@ -149,6 +149,7 @@ def test_a_live_worker_requeues_the_run_of_a_dead_one_exactly_once(queue):
     assert queue.requeue_stale() == []  # already failed and queued: nothing twice
     assert queue.running_count() == 0
     assert queue.pop().run == lost
+    assert queue.running_count() == 0  # its own trial never makes a worker wait for itself
     assert queue.pop() is None
 
 

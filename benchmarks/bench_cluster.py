@@ -56,7 +56,7 @@ def upload_seconds(tracking: str, uploads: int) -> float:
     from mlflow import MlflowClient
 
     from rtlab.data import load_data_section
-    from rtlab.execute.checkpoint import save_checkpoint
+    from rtlab.execute.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
     from rtlab.execute.trainer import build_model
     from rtlab.plan import plan_runs
     from rtlab.spec import load_spec
@@ -72,7 +72,7 @@ def upload_seconds(tracking: str, uploads: int) -> float:
     run_id = client.create_run(experiment).info.run_id
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "ckpt.pt"
-        save_checkpoint(path, {"format": 1, "model": model.state_dict(),
+        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
                                "optimizer": optimizer.state_dict()})
         upload = CheckpointUploader(tracking, run_id)
         seconds = []

@@ -408,7 +408,7 @@ def ui(
         if found is None:
             fail(f"no experiment {name!r} in {uri} (run `rtlab run FILE` first)")
         url = runs_page_url(server, found)
-    typer.echo(f"MLflow UI on {server} for {uri} (Ctrl-C to stop)")
+    typer.echo(f"MLflow UI on {server} for {redact_url(uri)} (Ctrl-C to stop)")
     typer.echo(f"runs: {url}")
     sys.stdout.flush()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -463,7 +463,8 @@ def dashboard(
         launch = dashboard_launch(file, set_ or (), storage, port)
     except (SpecError, DashboardError) as error:
         fail(str(error))
-    console.print(f"optuna-dashboard on {launch.url} for {launch.storage} (Ctrl-C to stop)")
+    console.print(f"optuna-dashboard on {launch.url} for {redact_url(launch.storage)} "
+                  "(Ctrl-C to stop)")
     sys.stdout.flush()
     os.execv(launch.argv[0], launch.argv)  # become the server: signals reach it directly
 

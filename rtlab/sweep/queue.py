@@ -91,9 +91,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise StorageError(f"{redact_url(url)}: no database driver for this URL ({error}); "
                            "for PostgreSQL: pip install 'rtlab[cluster]'") from None
     except (SQLAlchemyError, ValueError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(f"cannot open the Optuna storage {redact_url(url)}: "
-                           f"{redact_url(reason)}") from None
+                           f"{database_reason(error)}") from None
+
+
+def database_reason(error: BaseException) -> str:
+    """The driver's first line about what went wrong (not SQLAlchemy's wrapper), redacted."""
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return redact_url(reason[0] if reason else type(error).__name__)
 
 
 def retried(method: Callable[..., T]) -> Callable[..., T]:
@@ -110,10 +115,9 @@ def retried(method: Callable[..., T]) -> Callable[..., T]:
                 if not isinstance(cause, (OperationalError, InterfaceError)):
                     raise
                 if delay is None:
-                    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
                     raise StorageLost(f"lost the Optuna storage {redact_url(self.url)} "
-                                       f"({sum(RETRY_DELAYS_SECONDS):.0f} s of retries): "
-                                       f"{redact_url(reason)}") from None
+                                      f"({sum(RETRY_DELAYS_SECONDS):.0f} s of retries): "
+                                      f"{database_reason(cause)}") from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

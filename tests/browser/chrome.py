@@ -3,13 +3,7 @@ system chromedriver (selenium-manager downloads nothing), and the servers the te
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,38 +45,3 @@ def chromium(profile: Path, width: int = 1600, height: int = 1000) -> Iterator[A
 def console_errors(driver: Any) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser")
             if entry["level"] == "SEVERE"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Poll `url` until it answers; fail early if the server process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before serving {url}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop a server started with `start_new_session=True` and every process it started (its
-    process group: `mlflow ui` runs its web server as a child)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            continue
-        time.sleep(0.5)  # let the group's other processes finish their SIGTERM

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.browser.chrome import free_port, stop_process_group, wait_until_serving
+from tests.helpers.servers import free_port, stop_process_group, wait_until_serving
 from tests.helpers.tiny_spec import subprocess_env
 
 pytestmark = pytest.mark.slow

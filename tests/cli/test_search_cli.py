@@ -4,7 +4,6 @@ it cannot, exit 2)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from rtlab.cli import app
 from rtlab.sweep.queue import default_storage_url, experiment_state_dir
 from tests.helpers.search_spec import TWO_ARMS, write_search_spec
+from tests.helpers.servers import free_port
 from tests.helpers.tiny_spec import subprocess_env
 
 runner = CliRunner()
@@ -64,12 +64,6 @@ def make_storage(workdir: Path) -> str:
     trial = study.ask()
     study.tell(trial, trial.suggest_float("train.learning_rate", 1e-4, 0.3, log=True))
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.postgres import PostgresServer, free_port
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.servers import free_port
 
 pytestmark = pytest.mark.slow
 SPEC = Path(__file__).resolve().parents[2] / "experiments" / "mini_sweep.yaml"

@@ -11,7 +11,9 @@ from typing import Any, Literal
 # KILLED: stopped on request; its checkpoint is kept and the next sweep resumes it.
 # SKIPPED: already FINISHED in MLflow (another sweep got there first); not run again.
 # PRUNED: a tuning trial's run stopped by the pruner (MLflow: KILLED, tag rtlab.state=pruned).
-RunStatus = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED", "PRUNED"]
+# LOST: another worker took the run over (this one's heartbeat was judged stale); this worker
+# stopped and left the MLflow run, its metrics and checkpoints to the new owner.
+RunStatus = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED", "PRUNED", "LOST"]
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,6 @@ class SweepDisplay:
         if task is not None:
             self._progress.remove_task(task)
         assert self._overall is not None
-        if outcome.status != "KILLED":
+        if outcome.status not in ("KILLED", "LOST"):  # another worker, or sweep, ends it
             self._progress.advance(self._overall)
         self._progress.console.print(text)

@@ -326,8 +326,19 @@ class RunQueue:
             self.study.tell(trial.number, state=TrialState.FAIL)
 
     @retried
-    def heartbeat(self, entry: QueuedRun) -> None:
-        self.storage.set_trial_system_attr(entry.trial_id, HEARTBEAT_ATTR, time.time())
+    def heartbeat(self, entry: QueuedRun) -> bool:
+        """Beat for this run's trial; False when it is no longer this worker's (see `holds`)."""
+        try:
+            self.storage.set_trial_system_attr(entry.trial_id, HEARTBEAT_ATTR, time.time())
+        except UpdateFinishedTrialError:
+            return False
+        return True
+
+    @retried
+    def holds(self, entry: QueuedRun) -> bool:
+        """Whether this worker still holds the run: another worker that took its heartbeat for
+        stale (starved under load, not dead) has failed the trial and queued the run again."""
+        return self.storage.get_trial(entry.trial_id).state == TrialState.RUNNING
 
     @retried
     def set_mlflow_run(self, entry: QueuedRun, run_id: str) -> None:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 Emit = Callable[[Message], None]
 ShouldStop = Callable[[], bool]
+CheckpointCallback = Callable[[int, Path], None]
 
 # Progress events carry at most this many step updates per second per worker.
 STEP_EVENTS_PER_SECOND = 4.0
@@ -169,15 +170,18 @@ class Worker:
         """Train and log one queued run; tell the queue how it ended. Never raises for a failed
         run (a second Ctrl-C still ends the MLflow run and the trial). Its heartbeat also
         queues again the runs of workers that died."""
+        ownership = _Ownership(self.queue, entry)
+
         def beat() -> None:
-            self.queue.heartbeat(entry)
+            ownership.beat()
             self.queue.requeue_stale()
 
         heartbeat = _Heartbeat(beat, self.config.heartbeat_seconds)
         final_val = None
         try:
             outcome = self.train_run(
-                entry.run, on_open=lambda child: self.queue.set_mlflow_run(entry, child.run_id))
+                entry.run, on_open=lambda child: self.queue.set_mlflow_run(entry, child.run_id),
+                ownership=ownership)
             if outcome.status in ("FINISHED", "SKIPPED"):
                 final_val = outcome.final_val_loss
         finally:
@@ -190,9 +194,11 @@ class Worker:
         run: RunConfig,
         watch: TrainingWatch | None = None,
         on_open: Callable[[ChildRun], None] | None = None,
+        ownership: _Ownership | None = None,
     ) -> RunOutcome:
         """One run: skipped if FINISHED in MLflow, else opened (or resumed), trained and ended.
-        `watch` sees every metric and may stop the run (a pruner)."""
+        `watch` sees every metric and may stop the run (a pruner); once `ownership` is lost the
+        run stops and is left to the worker that took it over."""
         tracking = _Stopwatch()
         with tracking:
             existing = find_child(self.handle, run.config_hash)
@@ -207,10 +213,16 @@ class Worker:
                    "resumed": child.resumed, "run_id": child.run_id})
         trained = _Trained("KILLED")  # what an abort (KeyboardInterrupt) leaves
         try:
-            trained = self._train(run, child, watch)
+            trained = self._train(run, child, watch, ownership)
         finally:
             with tracking:
-                self._end(run, child, trained, watch)
+                if ownership is not None and ownership.lost.is_set():
+                    trained = _Trained("LOST", LOST_REASON, trained.result)
+                    child.abandon()
+                    # Its checkpoint holds steps whose metrics were dropped: never resume it.
+                    reset_run_dir(self.config.state_dir, run.config_hash)
+                else:
+                    self._end(run, child, trained, watch)
         outcome = self._outcome(run, trained.status, trained.final("final_val_loss"),
                                 trained.failure_reason, child.run_id,
                                 trained.timings(tracking.seconds), trained=trained, watch=watch)
@@ -262,20 +274,24 @@ class Worker:
             return
         download_checkpoint(self.handle.tracking_uri, run_id, local)
 
-    def _train(self, run: RunConfig, child: ChildRun, watch: TrainingWatch | None) -> _Trained:
+    def _train(self, run: RunConfig, child: ChildRun, watch: TrainingWatch | None,
+               ownership: _Ownership | None = None) -> _Trained:
         """train(), then the finished run's artifacts; a failure is a FAILED run, not a raise."""
         from rtlab.execute import TrainingDiverged, train
 
         run_dir = run_dir_for(self.config.state_dir, run.config_hash)
+        lost = ownership.lost.is_set if ownership is not None else (lambda: False)
         relay = _MetricsRelay(child, self.emit, self.config.worker_index, run, self.should_stop,
-                              watch)
+                              watch, lost)
         upload = (CheckpointUploader(self.handle.tracking_uri, child.run_id)
                   if self.remote_checkpoints and run.phase != "tune" else None)
+        if upload is not None and ownership is not None:
+            upload = ownership.fence(upload)
         announce_to_followers(run)
         try:
             result = train(run, run_dir, self.datasets.get(run.data), on_metrics=relay,
                            on_checkpoint=upload, should_stop=relay.should_stop)
-            if result.status == "stopped":
+            if result.status == "stopped" or lost():
                 pruned = watch is not None and watch.pruned_at is not None
                 return _Trained("PRUNED" if pruned else "KILLED", result=result)
             artifacts = _Stopwatch()
@@ -392,9 +408,10 @@ class _MetricsRelay:
 
     def __init__(
         self, child: ChildRun, emit: Emit, worker: int, run: RunConfig, should_stop: ShouldStop,
-        watch: TrainingWatch | None = None,
+        watch: TrainingWatch | None = None, lost: ShouldStop = lambda: False,
     ) -> None:
         self.child = child
+        self.lost = lost
         self.watch = watch
         self.emit = emit
         self.worker = worker
@@ -406,6 +423,8 @@ class _MetricsRelay:
         self._latest: dict[str, float] = {}
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if self.lost():
+            return  # the run's metrics are its new owner's now
         self.child.log_metrics(step, metrics)
         # The trainer writes a step's checkpoint right after reporting its metrics, and a
         # resumed run re-emits only steps after its checkpoint: so the metrics must be in the
@@ -423,6 +442,8 @@ class _MetricsRelay:
                        "step": step, "metrics": dict(self._latest), "eval": evaluated})
 
     def should_stop(self) -> bool:
+        if self.lost():
+            return True
         pruned = self.watch is not None and self.watch.pruned_at is not None
         if pruned or self._should_stop():
             self.child.flush_metrics()  # a stopped run writes its resume checkpoint next
@@ -443,6 +464,37 @@ class _DatasetCache:
         if key not in self._loaded:
             self._loaded[key] = load_data_section(data)
         return self._loaded[key]
+
+
+# Why a LOST run stopped (its outcome's failure_reason)
+LOST_REASON = "taken over by another worker (this one's heartbeat was judged stale)"
+
+
+class _Ownership:
+    """Whether this worker still holds its queued run. Another worker fails the trial and queues
+    the run again when this one's heartbeat looks stale: a starved heartbeat, under load, looks
+    like a dead worker. Once lost, this worker only stops: the run's MLflow status, metrics and
+    checkpoints are the new owner's."""
+
+    def __init__(self, queue: RunQueue, entry: QueuedRun) -> None:
+        self.queue = queue
+        self.entry = entry
+        self.lost = threading.Event()
+
+    def beat(self) -> None:
+        if not self.queue.heartbeat(self.entry):
+            self.lost.set()
+
+    def fence(self, upload: CheckpointCallback) -> CheckpointCallback:
+        """Upload a checkpoint only while the run is ours: a stale owner's upload would overwrite
+        a slot the new owner's pointer names (one store read per checkpoint)."""
+        def fenced(step: int, path: Path) -> None:
+            if not self.lost.is_set() and not self.queue.holds(self.entry):
+                self.lost.set()
+            if not self.lost.is_set():
+                upload(step, path)
+
+        return fenced
 
 
 class _Heartbeat:

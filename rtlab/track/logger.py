@@ -56,7 +56,16 @@ class MetricLogger:
         """Block until everything queued so far is written (at checkpoints and at the end)."""
         self._queue.join()
 
-    def close(self) -> None:
+    def close(self, write_pending: bool = True) -> None:
+        """Stop the writer; the metrics still queued are written, or dropped when the run now
+        belongs to another worker (`write_pending=False`)."""
+        if not write_pending:
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._queue.task_done()
         self.flush()
         self._queue.put(_STOP)
         self._thread.join(timeout=60)

@@ -233,6 +233,11 @@ class ChildRun:
             self.client.set_tag(self.run_id, STATE_TAG, state)
         self.client.set_terminated(self.run_id, status)
 
+    def abandon(self) -> None:
+        """Stop logging to a run another worker has taken over: its status, metrics and
+        checkpoints are the new owner's, so nothing still queued here is written."""
+        self.metrics.close(write_pending=False)
+
 
 def last_logged_steps(
     client: MlflowClient, run_id: str, keys: Mapping[str, float] | list[str]

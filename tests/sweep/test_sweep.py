@@ -164,3 +164,38 @@ def _handle(summary: SweepSummary):
     handle = handle_from_attrs(attrs, None)
     assert handle.tracking_uri == resolve_tracking_uri()
     return handle
+
+
+@pytest.mark.slow
+def test_a_worker_whose_run_was_taken_over_stops_and_leaves_it_to_the_new_owner(store_workdir):
+    """A starved heartbeat looks like a dead worker: another worker fails the trial and queues
+    the run again. The first worker learns it at its next beat and stops, writing nothing more:
+    the MLflow run (still RUNNING, for its new owner), its metrics and its checkpoints are left."""
+    from rtlab.sweep.worker import LOST_REASON, Worker, run_dir_for
+
+    spec = write_spec(store_workdir, seeds="[0]", variants="  b: {}\n", max_iters=5000,
+                      checkpoint_interval=50)
+    prepared = prepare_experiment(spec)
+    queued = run_sweep(prepared, SweepOptions(workers=0, quiet=True))
+    state_dir = experiment_state_dir("tiny")
+    config = WorkerConfig(storage_url=queued.storage_url, study_name="tiny",
+                          state_dir=str(state_dir), heartbeat_seconds=0.2)
+    other_worker = RunQueue.open(queued.storage_url, "tiny")
+    taken_over = []
+
+    def judge_stale_once(message) -> None:  # what another worker's stale scan does
+        if isinstance(message, dict) and message["type"] == "step" and not taken_over:
+            (trial,) = other_worker.storage.get_all_trials(other_worker.study_id,
+                                                           states=(TrialState.RUNNING,))
+            taken_over.append(other_worker._fail([trial], STALE_ATTR))
+
+    worker = Worker(config, judge_stale_once, lambda: False)
+    entry = worker.queue.pop(config.heartbeat_seconds)
+    outcome = worker.run_trial(entry)
+
+    assert taken_over and outcome.status == "LOST" and outcome.failure_reason == LOST_REASON
+    assert 0 < outcome.steps < 5000  # it stopped within a beat or so, not at the end
+    assert worker.queue.trial(entry).state == TrialState.FAIL  # its late word changed nothing
+    (child,) = child_runs(store_workdir)
+    assert child.info.status == "RUNNING"  # the new owner's to end
+    assert not run_dir_for(state_dir, prepared.runs[0].config_hash).exists()

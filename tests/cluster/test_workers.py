@@ -21,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from rtlab.track.checkpoints import read_pointer
 from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.tiny_spec import subprocess_env, write_spec
 
@@ -54,16 +55,16 @@ def start_worker(host: Path, storage: str, tracking: str) -> subprocess.Popen[st
 
 
 def wait_for_uploaded_checkpoint(storage: str, tracking: str, pid: int) -> str:
-    """Until worker `pid` runs a trial whose MLflow run has uploaded a checkpoint; its name."""
-    client = MlflowClient(tracking)
+    """Until worker `pid` runs a trial whose MLflow run has a whole uploaded checkpoint (its
+    pointer, written after the file, is there); its name. Killed before the pointer, the run
+    would rightly start again from step 0 elsewhere."""
     study = optuna.load_study(study_name="tiny", storage=storage)  # one engine, not one a poll
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         for trial in study.get_trials():
             run_id = trial.user_attrs.get("mlflow_run_id")
             mine = trial.state == TrialState.RUNNING and trial.system_attrs.get("rtlab.pid") == pid
-            if mine and run_id and any(a.path == "resume"
-                                       for a in client.list_artifacts(run_id)):
+            if mine and run_id and read_pointer(tracking, run_id) is not None:
                 return trial.user_attrs["run_name"]
         time.sleep(0.2)
     raise AssertionError(f"worker {pid} never uploaded a checkpoint")
@@ -114,7 +115,7 @@ def test_three_hosts_share_two_urls_and_survive_a_killed_worker(
 
     trials = optuna.load_study(study_name="tiny", storage=postgres_url).get_trials()
     killed = [t for t in trials if t.system_attrs.get("rtlab.pid") == workers[0].pid
-              and t.state == TrialState.FAIL]
+              and t.user_attrs["run_name"] == killed_run and t.state == TrialState.FAIL]
     assert len(killed) == 1 and killed[0].system_attrs["rtlab.stale"] is True
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["config_hash"] for t in completed) == sorted(

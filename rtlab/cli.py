@@ -514,6 +514,7 @@ def worker(
     import threading
 
     from rtlab.sweep import (
+        RunFailedUnderTorchrun,
         StorageError,
         StorageLost,
         WorkerConfig,
@@ -535,7 +536,7 @@ def worker(
         outcomes = run_worker(config, display.handle, stop.is_set)
     except KeyError:
         fail(f"no study '{study}' in {redact_url(storage)}")
-    except StorageLost as error:  # finished runs are in MLflow already; the rest stay queued
+    except (StorageLost, RunFailedUnderTorchrun) as error:  # the rest stay queued
         fail(str(error), code=1)
     except StorageError as error:
         fail(str(error))

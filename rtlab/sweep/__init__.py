@@ -28,13 +28,14 @@ from rtlab.sweep.runner import (
     prepare_experiment,
     run_sweep,
 )
-from rtlab.sweep.worker import WorkerConfig, run_dir_for, run_worker
+from rtlab.sweep.worker import RunFailedUnderTorchrun, WorkerConfig, run_dir_for, run_worker
 
 __all__ = [
     "ArmAudit",
     "PreparedExperiment",
     "QueuedRun",
     "RunOutcome",
+    "RunFailedUnderTorchrun",
     "RunQueue",
     "RunStatus",
     "RunTimings",

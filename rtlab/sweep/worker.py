@@ -94,11 +94,17 @@ def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> lis
     if not ranks.is_main:
         follow_main()
         return []
-    try:
-        return Worker(config, emit, should_stop).run()
-    finally:
-        if ranks.active:
-            from_main(None)  # no more runs: the followers end
+    # Raising (a failed run under torchrun, a lost store) skips the goodbye: the followers may be
+    # inside a collective, so torchrun ends them when this process exits.
+    outcomes = Worker(config, emit, should_stop).run()
+    if ranks.active:
+        from_main(None)  # no more runs: the followers end
+    return outcomes
+
+
+class RunFailedUnderTorchrun(RuntimeError):
+    """A run failed on rank 0 while the other ranks trained it: they may wait inside one of its
+    collectives, which only the end of the torchrun job releases."""
 
 
 def follow_main() -> None:
@@ -227,6 +233,10 @@ class Worker:
                                 trained.failure_reason, child.run_id,
                                 trained.timings(tracking.seconds), trained=trained, watch=watch)
         self.emit(outcome)
+        if trained.status == "FAILED" and _under_torchrun():
+            raise RunFailedUnderTorchrun(
+                f"{run.run_name} failed on rank 0 ({trained.failure_reason}); it is marked "
+                "FAILED, and this torchrun job ends so that the other ranks stop waiting for it")
         return outcome
 
     def _skip(self, run: RunConfig, existing: ChildState) -> RunOutcome:
@@ -342,6 +352,12 @@ class Worker:
             tokens=final.get("tokens_seen", 0.0), flops=final.get("flops_seen", 0.0),
             phase=run.phase, pruned_at=watch.pruned_at if watch is not None else None,
         )
+
+
+def _under_torchrun() -> bool:
+    from rtlab.execute.distributed import current_ranks
+
+    return current_ranks().active
 
 
 def announce_to_followers(run: RunConfig) -> None:

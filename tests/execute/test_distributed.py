@@ -129,3 +129,44 @@ def test_rtlab_worker_under_torchrun_trains_each_queued_run_on_two_processes(tmp
     assert finals["one"].keys() == finals["two"].keys() == {"baseline", "reasoning_1"}
     for arm, value in finals["one"].items():
         assert finals["two"][arm] == pytest.approx(value, rel=2e-5)
+
+
+def test_a_run_failing_on_rank_0_ends_the_torchrun_job_instead_of_hanging(tmp_path):
+    """Rank 0 cannot read the checkpoint of an interrupted run while rank 1 waits for it inside a
+    broadcast: the run is marked FAILED and the job ends (exit 1, one line naming the run)
+    instead of rank 0 going on to the next run with rank 1 stuck in the failed one's collective."""
+    from mlflow import MlflowClient
+
+    from rtlab.sweep.queue import RunQueue, read_run
+    from rtlab.sweep.worker import handle_from_attrs, run_dir_for
+    from rtlab.track import ChildRun
+
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "RTLAB_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "ddp.yaml").write_text(SPEC)
+    queued = subprocess.run([sys.executable, "-m", "rtlab.cli", "run", "ddp.yaml", "--workers",
+                             "0", "--quiet"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    storage = f"sqlite:///{tmp_path / '.rtlab' / 'ddp' / 'optuna.db'}"
+    queue = RunQueue.open(storage, "ddp")
+    handle = handle_from_attrs(queue.attrs, None)
+    for trial in queue.study.get_trials():  # each run: begun before, its checkpoint now unreadable
+        run = read_run(trial)
+        ChildRun.open(handle, run, device="cpu").finish("KILLED")
+        run_dir = run_dir_for(tmp_path / ".rtlab" / "ddp", run.config_hash)
+        run_dir.mkdir(parents=True)
+        (run_dir / "ckpt.pt").write_bytes(b"not a checkpoint")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+         "127.0.0.1", "--master-port", str(free_port()), "-m", "rtlab.cli", "worker", "--study",
+         "ddp", "--storage", storage], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "failed on rank 0" in output, output
+    states = sorted(t.state.name for t in queue.study.get_trials())
+    assert states == ["FAIL", "WAITING"]  # the failed run; the other is still queued
+    client = MlflowClient(handle.tracking_uri)
+    kids = client.search_runs([handle.experiment_id], "tags.`rtlab.role` = 'child'")
+    assert sorted(k.info.status for k in kids) == ["FAILED", "KILLED"]

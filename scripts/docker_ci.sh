@@ -173,7 +173,7 @@ $docker_cmd build --network host -f docker/Dockerfile --target cluster \
   >"$log_dir/build-cluster.log" 2>&1 \
   || { tail -20 "$log_dir/build-cluster.log" >&2; fail "cluster image build"; }
 $docker_cmd run --rm --network none --entrypoint python rtlab:cluster -c \
-  "import psycopg2, mlflow.server; print('cluster image: psycopg2', psycopg2.__version__)"
+  "import psycopg, mlflow.server; print('cluster image: psycopg', psycopg.__version__)"
 
 # ---------------------------------------------------------------- tiny study in the container
 phase "run study (container)"
@@ -233,7 +233,7 @@ if [[ "${RTLAB_CLUSTER_CHECK:-1}" == 1 ]]; then
   "${psql_cmd[@]}" "psql -q -h 127.0.0.1 -p $pg_port -U postgres -c \"CREATE ROLE rtlab LOGIN \
     PASSWORD '$pg_password'\" -c 'CREATE DATABASE mlflow OWNER rtlab' -f -" \
     <docker/postgres-init/10-optuna.sql
-  db="postgresql+psycopg2://rtlab:$pg_password@127.0.0.1:$pg_port"
+  db="postgresql+psycopg://rtlab:$pg_password@127.0.0.1:$pg_port"
   $docker_cmd run -d --name rtlab-ci-mlflow --network host --entrypoint mlflow rtlab:cluster \
     server --backend-store-uri "$db/mlflow" --serve-artifacts --artifacts-destination /mlartifacts \
     --host 127.0.0.1 --port "$mlflow_port" >/dev/null
@@ -243,12 +243,13 @@ if [[ "${RTLAB_CLUSTER_CHECK:-1}" == 1 ]]; then
     sleep 1
   done
   cluster_lab="$run_dir/cluster"
-  mkdir -p "$cluster_lab"
+  worker_host="$run_dir/worker-host"  # the worker shares no folder with the launcher
+  mkdir -p "$cluster_lab" "$worker_host"
   cp "$study_file" "$cluster_lab/"
-  chown -R "$user_id" "$cluster_lab"
+  chown -R "$user_id" "$cluster_lab" "$worker_host"
   in_cluster() {
     $docker_cmd run --rm --network host -e MLFLOW_TRACKING_URI="http://127.0.0.1:$mlflow_port" \
-      -v "$cluster_lab:/work" rtlab:cluster "$@"
+      -v "${work:-$cluster_lab}:/work" rtlab:cluster "$@"
   }
   # The launcher fills the queue and works; a second container joins it as a worker.
   in_cluster run --quiet "$(basename "$study_file")" --storage "$db/optuna" &
@@ -259,7 +260,7 @@ if [[ "${RTLAB_CLUSTER_CHECK:-1}" == 1 ]]; then
       \"select count(*) from trials\"" 2>/dev/null | grep -q '^[1-9]' && break
     sleep 0.5
   done
-  in_cluster worker --study "$study_name" --storage "$db/optuna" --threads 1 \
+  work="$worker_host" in_cluster worker --study "$study_name" --storage "$db/optuna" --threads 1 \
     >"$run_dir/worker.log" 2>&1 || true
   wait "$launcher" || fail "cluster launcher failed"
   echo "worker container ran: $(grep -c "finished" "$run_dir/worker.log" || true) run(s)"

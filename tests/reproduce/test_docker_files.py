@@ -38,12 +38,15 @@ def test_compose_wires_workers_to_the_tracking_server_and_postgres() -> None:
     for name in ("worker", "launcher"):
         environment = services[name]["environment"]
         assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-        assert environment["RTLAB_STORAGE"].startswith("postgresql+psycopg2://")
+        assert environment["RTLAB_STORAGE"].startswith("postgresql+psycopg://")
     assert "--backend-store-uri" in services["mlflow"]["command"]
     assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]  # not on every interface
     # The password comes from the environment, never from the file.
     assert "${RTLAB_DB_PASSWORD:?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
-    assert {"pgdata", "mlartifacts", "data", "state"} <= set(compose["volumes"])
+    assert {"pgdata", "mlartifacts", "data"} <= set(compose["volumes"])
+    # Workers share no run directories: checkpoints travel through the MLflow server.
+    assert not any(".rtlab" in volume for name in ("worker", "launcher")
+                   for volume in services[name]["volumes"])
 
 
 def test_build_context_is_an_allow_list() -> None:

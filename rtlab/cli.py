@@ -540,6 +540,13 @@ def worker(
         fail(str(error), code=1)
     except StorageError as error:
         fail(str(error))
+    except Exception as error:
+        from rtlab.track import lost_server_reason
+
+        reason = lost_server_reason(error)  # finished runs are FINISHED on the server already
+        if reason is None:
+            raise
+        fail(reason, code=1)
     console.print(f"worker done: {len(outcomes)} run(s)")
     if stop.is_set():
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -247,9 +247,11 @@ if [[ "${RTLAB_CLUSTER_CHECK:-1}" == 1 ]]; then
   mkdir -p "$cluster_lab" "$worker_host"
   cp "$study_file" "$cluster_lab/"
   chown -R "$user_id" "$cluster_lab" "$worker_host"
+  # On the host network every container has the host's name but its own process ids: each
+  # gets its own RTLAB_HOST, or a worker would judge the other's runs by pids it cannot see.
   in_cluster() {
     $docker_cmd run --rm --network host -e MLFLOW_TRACKING_URI="http://127.0.0.1:$mlflow_port" \
-      -v "${work:-$cluster_lab}:/work" rtlab:cluster "$@"
+      -e RTLAB_HOST="rtlab-ci-${host:-launcher}" -v "${work:-$cluster_lab}:/work" rtlab:cluster "$@"
   }
   # The launcher fills the queue and works; a second container joins it as a worker.
   in_cluster run --quiet "$(basename "$study_file")" --storage "$db/optuna" &
@@ -260,7 +262,7 @@ if [[ "${RTLAB_CLUSTER_CHECK:-1}" == 1 ]]; then
       \"select count(*) from trials\"" 2>/dev/null | grep -q '^[1-9]' && break
     sleep 0.5
   done
-  work="$worker_host" in_cluster worker --study "$study_name" --storage "$db/optuna" --threads 1 \
+  host=worker work="$worker_host" in_cluster worker --study "$study_name" --storage "$db/optuna" --threads 1 \
     >"$run_dir/worker.log" 2>&1 || true
   wait "$launcher" || fail "cluster launcher failed"
   echo "worker container ran: $(grep -c "finished" "$run_dir/worker.log" || true) run(s)"

@@ -170,7 +170,7 @@ class TuneTrial:
     def run(self) -> list[RunOutcome]:
         """Sample, train (or reuse a duplicate's result), tell. A stop or an abort tells FAIL
         marked stopped: the next `rtlab run` enqueues the same values again."""
-        from rtlab.sweep.worker import _Heartbeat
+        from rtlab.sweep.worker import RunFailedUnderTorchrun, _Heartbeat
 
         heartbeat = _Heartbeat(lambda: self.studies.heartbeat(self.claimed))
         told = False
@@ -182,6 +182,11 @@ class TuneTrial:
                 told = self._tell(trial, outcomes)
             else:
                 told = True
+        except RunFailedUnderTorchrun as error:  # a failed trial, not a stopped one to rerun
+            trial.set_user_attr(FAILURE_ATTR, str(error))
+            trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            told = True
+            raise
         finally:
             heartbeat.stop()
             if not told:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from rtlab.config import DataConfig, RunConfig, canonical_json
 from rtlab.sweep.outcome import Message, RunOutcome, RunStatus, RunTimings
-from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue
+from rtlab.sweep.queue import HEARTBEAT_SECONDS, QueuedRun, RunQueue, StorageError
 from rtlab.track import ChildRun, ChildState, ExperimentHandle, find_child
 from rtlab.track.checkpoints import (
     CheckpointUploader,
@@ -173,9 +173,9 @@ class Worker:
         return True
 
     def run_trial(self, entry: QueuedRun) -> RunOutcome:
-        """Train and log one queued run; tell the queue how it ended. Never raises for a failed
-        run (a second Ctrl-C still ends the MLflow run and the trial). Its heartbeat also
-        queues again the runs of workers that died."""
+        """Train and log one queued run; tell the queue how it ended. Raises for a failed run
+        only under torchrun (RunFailedUnderTorchrun), and a second Ctrl-C still ends the MLflow
+        run and the trial. Its heartbeat also queues again the runs of workers that died."""
         ownership = _Ownership(self.queue, entry)
 
         def beat() -> None:
@@ -221,8 +221,9 @@ class Worker:
         try:
             trained = self._train(run, child, watch, ownership)
         finally:
+            failed_here = trained.status == "FAILED"
             with tracking:
-                if ownership is not None and ownership.lost.is_set():
+                if ownership is not None and not ownership.confirm():
                     trained = _Trained("LOST", LOST_REASON, trained.result)
                     child.abandon()
                     # Its checkpoint holds steps whose metrics were dropped: never resume it.
@@ -233,7 +234,7 @@ class Worker:
                                 trained.failure_reason, child.run_id,
                                 trained.timings(tracking.seconds), trained=trained, watch=watch)
         self.emit(outcome)
-        if trained.status == "FAILED" and _under_torchrun():
+        if failed_here and _under_torchrun():
             raise RunFailedUnderTorchrun(
                 f"{run.run_name} failed on rank 0 ({trained.failure_reason}); it is marked "
                 "FAILED, and this torchrun job ends so that the other ranks stop waiting for it")
@@ -304,6 +305,8 @@ class Worker:
             if result.status == "stopped" or lost():
                 pruned = watch is not None and watch.pruned_at is not None
                 return _Trained("PRUNED" if pruned else "KILLED", result=result)
+            if ownership is not None and not ownership.confirm():
+                return _Trained("KILLED", result=result)  # LOST: the artifacts are not ours
             artifacts = _Stopwatch()
             with artifacts:
                 keep = run.train.save_checkpoint and run.phase != "tune"
@@ -501,13 +504,23 @@ class _Ownership:
         if not self.queue.heartbeat(self.entry):
             self.lost.set()
 
+    def confirm(self) -> bool:
+        """Whether the run is still ours, read from the store now (before a checkpoint upload,
+        the finished run's artifacts and the end of its MLflow run: a heartbeat may come late).
+        A store that cannot answer leaves the run ours: the heartbeat decides later."""
+        if not self.lost.is_set():
+            try:
+                if not self.queue.holds(self.entry):
+                    self.lost.set()
+            except StorageError:
+                pass
+        return not self.lost.is_set()
+
     def fence(self, upload: CheckpointCallback) -> CheckpointCallback:
         """Upload a checkpoint only while the run is ours: a stale owner's upload would overwrite
         a slot the new owner's pointer names (one store read per checkpoint)."""
         def fenced(step: int, path: Path) -> None:
-            if not self.lost.is_set() and not self.queue.holds(self.entry):
-                self.lost.set()
-            if not self.lost.is_set():
+            if self.confirm():
                 upload(step, path)
 
         return fenced

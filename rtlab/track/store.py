@@ -42,6 +42,7 @@ from rtlab.track.names import (
     TRAINING_KIND,
 )
 from rtlab.track.view import view_tag
+from rtlab.urls import redact_url
 
 # MLflow's own default when no URI is set (mlflow.get_tracking_uri() with no ./mlruns store).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -388,3 +389,21 @@ def kill_running_children(handle: ExperimentHandle, config_hashes: Collection[st
             client.set_terminated(run.info.run_id, "KILLED")
             killed.append(config_hash)
     return killed
+
+
+def lost_server_reason(error: BaseException) -> str | None:
+    """One line saying that the MLflow tracking server could not be reached, when `error` (from
+    any call into MLflow) is a failed connection after the client's own retries (about 4
+    minutes by default: MLFLOW_HTTP_REQUEST_MAX_RETRIES); None for any other error."""
+    import requests
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (requests.ConnectionError, requests.exceptions.RetryError)):
+            request = getattr(cause, "request", None)
+            where = urlparse(getattr(request, "url", "") or "")
+            server = f"{where.scheme}://{where.netloc}" if where.netloc else "(its URL)"
+            return (f"lost the MLflow tracking server {redact_url(server)}: no answer after "
+                    f"MLflow's retries ({type(cause).__name__})")
+        cause = cause.__cause__ or cause.__context__
+    return None

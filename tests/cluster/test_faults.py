@@ -98,3 +98,32 @@ def test_postgres_gone_for_good_ends_the_worker_clearly_and_keeps_finished_runs(
     assert PASSWORD not in output
     still = {k.info.run_id: k.info.status for k in children(tracking)}
     assert finished_before and all(still[run_id] == "FINISHED" for run_id in finished_before)
+
+
+def test_the_mlflow_server_gone_for_good_ends_the_worker_clearly_and_keeps_finished_runs(
+    postgres_url: str, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, seeds="[0, 1, 2]", max_iters=100, checkpoint_interval=50)
+    rtlab(["run", str(spec), "--workers", "0", "--quiet", "--storage", postgres_url,
+           "--tracking-uri", mlflow_server.url], tmp_path / "submit")
+    # MLflow's client retries a request for about 4 minutes by default; here for seconds.
+    quick_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    worker = start_worker(tmp_path / "host0", postgres_url, mlflow_server.url, quick_retries)
+    try:
+        wait_for_trials(postgres_url, TrialState.COMPLETE, 1)
+        finished_before = {k.info.run_id for k in children(mlflow_server.url)
+                           if k.info.status == "FINISHED"}
+        mlflow_server.stop()
+        output, _ = worker.communicate(timeout=300)
+    finally:
+        worker.kill()
+        worker.wait()
+        mlflow_server.start()  # to read what it kept
+    assert worker.returncode == 1, output
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    assert last.startswith(f"lost the MLflow tracking server {mlflow_server.url}"), output
+    still = {k.info.run_id: k.info.status for k in children(mlflow_server.url)}
+    assert finished_before and all(still[run_id] == "FINISHED" for run_id in finished_before)
+    trials = optuna.load_study(study_name="tiny", storage=postgres_url).get_trials()
+    assert not any(t.state == TrialState.RUNNING for t in trials)  # the rest: queued, or failed

@@ -46,12 +46,13 @@ def rtlab(args: list[str], host: Path) -> str:
     return done.stdout + done.stderr
 
 
-def start_worker(host: Path, storage: str, tracking: str) -> subprocess.Popen[str]:
+def start_worker(host: Path, storage: str, tracking: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     host.mkdir(parents=True, exist_ok=True)
     command = [*RTLAB, "worker", "--study", "tiny", "--storage", storage, "--tracking-uri",
                tracking, "--heartbeat", str(HEARTBEAT)]
-    return subprocess.Popen(command, cwd=host, env=host_env(host), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=host, env={**host_env(host), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for_uploaded_checkpoint(storage: str, tracking: str, pid: int) -> str:

@@ -50,6 +50,13 @@ def current_ranks() -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size())
 
 
+def leave_process_group() -> None:
+    """Leave the process group before the process exits: one that exits holding it may abort in
+    gloo's threads at interpreter shutdown ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def my_micro_batches(grad_accum: int, ranks: Ranks) -> range:
     if grad_accum % ranks.world:
         raise ValueError(f"train.grad_accum ({grad_accum}) must be a multiple of the number of "

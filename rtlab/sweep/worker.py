@@ -84,7 +84,7 @@ def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> lis
     ranks, which only follow: they receive each run from it and take their share of its steps."""
     import torch
 
-    from rtlab.execute.distributed import current_ranks, from_main
+    from rtlab.execute.distributed import current_ranks, from_main, leave_process_group
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -93,12 +93,14 @@ def run_worker(config: WorkerConfig, emit: Emit, should_stop: ShouldStop) -> lis
     ranks = current_ranks()
     if not ranks.is_main:
         follow_main()
+        leave_process_group()
         return []
     # Raising (a failed run under torchrun, a lost store) skips the goodbye: the followers may be
     # inside a collective, so torchrun ends them when this process exits.
     outcomes = Worker(config, emit, should_stop).run()
     if ranks.active:
         from_main(None)  # no more runs: the followers end
+        leave_process_group()
     return outcomes
 
 

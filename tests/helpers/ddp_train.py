@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rtlab.config import RunConfig  # noqa: E402
 from rtlab.data import load_data_section  # noqa: E402
 from rtlab.execute import train  # noqa: E402
-from rtlab.execute.distributed import current_ranks  # noqa: E402
+from rtlab.execute.distributed import current_ranks, leave_process_group  # noqa: E402
 from tests.helpers.train_config import make_config  # noqa: E402
 
 DATA = {"name": "precache_discrete", "n_digits": 3, "modulus": 5}
@@ -48,6 +48,7 @@ def main() -> None:
         args.out.write_text(json.dumps({"history": history, "steps": result.steps,
                                         "resumed_from_step": result.resumed_from_step,
                                         "world": current_ranks().world}))
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -102,11 +102,12 @@ def database_reason(error: BaseException) -> str:
 
 
 def retried(method: Callable[..., T]) -> Callable[..., T]:
-    """A RunQueue method that outlives a restart of the database server: retried with bounded
-    exponential backoff while the connection fails, then a StorageError (the store is gone)."""
+    """A method of the queue (or of the search studies: anything with the storage `url`) that
+    outlives a restart of the database server: retried with bounded exponential backoff while
+    the connection fails, then a StorageError (the store is gone)."""
 
     @functools.wraps(method)
-    def call(self: RunQueue, *args: Any, **kwargs: Any) -> T:
+    def call(self: Any, *args: Any, **kwargs: Any) -> T:
         for delay in (*RETRY_DELAYS_SECONDS, None):
             try:
                 return method(self, *args, **kwargs)

@@ -30,18 +30,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from rtlab.config import StudyPlan
 from rtlab.sweep import optuna_adapter as adapter
 from rtlab.sweep.queue import (
     HEARTBEAT_ATTR,
+    HEARTBEAT_PERIOD_ATTR,
+    HEARTBEAT_SECONDS,
     HOST_ATTR,
     PID_ATTR,
     STALE_ATTR,
     host_name,
     is_stale,
     open_storage,
+    retried,
 )
 
 # Study user attrs
@@ -212,8 +216,9 @@ class SearchStudies:
 
 
     # ---- workers
-    def claim(self) -> ClaimedTrial | None:
-        """Move the WAITING trial with the lowest slot (arms in order on a tie) to RUNNING."""
+    def claim(self, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> ClaimedTrial | None:
+        """Move the WAITING trial with the lowest slot (arms in order on a tie) to RUNNING; the
+        claimant promises a heartbeat every `heartbeat_seconds`."""
         order = list(self.plans)
         while True:
             with adapter.claim_lock(self.url):
@@ -226,14 +231,41 @@ class SearchStudies:
                 if adapter.set_state(self.storage, trial_id, TrialState.RUNNING):
                     break
         for key, value in ((HOST_ATTR, host_name()), (PID_ATTR, os.getpid()),
-                           (HEARTBEAT_ATTR, time.time())):
+                           (HEARTBEAT_ATTR, time.time()),
+                           (HEARTBEAT_PERIOD_ATTR, heartbeat_seconds)):
             self.storage.set_trial_system_attr(trial_id, key, value)
         resume_of = trial.user_attrs.get(RESUME_OF_ATTR)
         return ClaimedTrial(self.plans[name], trial.number, trial_id, slot_of(trial),
                             None if resume_of is None else int(resume_of))
 
-    def heartbeat(self, claimed: ClaimedTrial) -> None:
-        self.storage.set_trial_system_attr(claimed.trial_id, HEARTBEAT_ATTR, time.time())
+    @retried
+    def heartbeat(self, claimed: ClaimedTrial) -> bool:
+        """Beat for this trial; False when it is no longer this worker's (see `holds`)."""
+        try:
+            self.storage.set_trial_system_attr(claimed.trial_id, HEARTBEAT_ATTR, time.time())
+        except UpdateFinishedTrialError:
+            return False
+        return True
+
+    @retried
+    def holds(self, claimed: ClaimedTrial) -> bool:
+        """Whether this worker still holds the trial: another worker (or a restarted `rtlab
+        run`) that took its heartbeat for stale has failed it and enqueued it again."""
+        return self.storage.get_trial(claimed.trial_id).state == TrialState.RUNNING
+
+    @retried
+    def running_count(self) -> int:
+        """RUNNING trials of other processes, over all the studies."""
+        me = (host_name(), os.getpid())
+        return sum((t.system_attrs.get(HOST_ATTR), t.system_attrs.get(PID_ATTR)) != me
+                   for name in self.plans for t in self.trials(name, TrialState.RUNNING))
+
+    @retried
+    def recover_stale(self) -> list[tuple[str, int]]:
+        """A live worker's recovery: when a RUNNING trial's worker is gone, `recover` (fail it,
+        enqueue it again); the (study, number) of the trials enqueued again."""
+        running = [t for name in self.plans for t in self.trials(name, TrialState.RUNNING)]
+        return self.recover() if any(is_stale(t) for t in running) else []
 
     def trial_by_number(self, name: str, number: int) -> FrozenTrial:
         return self.storage.get_trial(adapter.trial_id(self.storage, self.ids[name], number))

@@ -6,6 +6,8 @@ values (step = optimizer step, offset by `max_iters` per earlier tuning seed), a
 verdict stops a run through the trainer's `should_stop`. The trial ends COMPLETE (value: the
 objective, averaged over its tuning seeds), PRUNED, or FAIL (a diverged or broken run; or, marked
 stopped, a run stopped on request, which the next `rtlab run` enqueues again).
+A worker whose trial was taken for stale (its heartbeat starved) and enqueued again stops as it
+learns it, at its next heartbeat or report, and tells nothing: the trial is its new owner's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
 
@@ -115,11 +118,14 @@ def _retrying(call: Callable[[], T], attempts: int = 6) -> T:
 
 class TrialWatch:
     """Reports a trial's validation losses to Optuna and asks its pruner, run by run; after a
-    resume, first re-reports what the dead trial had reported before the run's checkpoint."""
+    resume, first re-reports what the dead trial had reported before the run's checkpoint.
+    A trial finished under it (taken for stale by another worker) calls `on_lost`."""
 
     def __init__(self, trial: optuna.Trial, earlier: dict[int, float],
-                 pruned_earlier: int | None = None) -> None:
+                 pruned_earlier: int | None = None,
+                 on_lost: Callable[[], None] = lambda: None) -> None:
         self.trial = trial
+        self.on_lost = on_lost
         self.earlier = earlier  # intermediate values of the dead trial this one continues
         # The step (over all seeds) at which the pruner stopped the dead trial: its checkpoint
         # may be past that evaluation, so the decision is kept rather than asked again.
@@ -146,33 +152,43 @@ class TrialWatch:
         if step == 0 or VAL_LOSS not in metrics:
             return  # the untrained model says nothing about the trial
         start = time.perf_counter()
+        try:
+            self._report(step, metrics[VAL_LOSS])
+        except UpdateFinishedTrialError:
+            self.on_lost()  # failed and enqueued again by another worker: no longer ours
+        self.seconds += time.perf_counter() - start
+
+    def _report(self, step: int, val_loss: float) -> None:
         at = self.offset + step
         _retrying(lambda: self.backfill(at))
         if at not in self.reported:
-            _retrying(lambda: self.trial.report(metrics[VAL_LOSS], at))
+            _retrying(lambda: self.trial.report(val_loss, at))
             self.reported.add(at)
         if step < self.max_iters and _retrying(self.trial.should_prune):
             self.pruned_at = step
             _retrying(lambda: self.trial.set_user_attr(PRUNED_AT_ATTR, at))
-        self.seconds += time.perf_counter() - start
 
 
 class TuneTrial:
     """A claimed trial of a study, run to its end by `worker`."""
 
     def __init__(self, worker: Worker, studies: SearchStudies, claimed: ClaimedTrial) -> None:
+        from rtlab.sweep.worker import Ownership
+
         self.worker = worker
         self.studies = studies
         self.claimed = claimed
         self.plan = claimed.plan
         self.started = time.perf_counter()
+        self.ownership = Ownership(lambda: studies.heartbeat(claimed),
+                                    lambda: studies.holds(claimed))
 
     def run(self) -> list[RunOutcome]:
         """Sample, train (or reuse a duplicate's result), tell. A stop or an abort tells FAIL
         marked stopped: the next `rtlab run` enqueues the same values again."""
         from rtlab.sweep.worker import RunFailedUnderTorchrun, _Heartbeat
 
-        heartbeat = _Heartbeat(lambda: self.studies.heartbeat(self.claimed))
+        heartbeat = _Heartbeat(self.ownership.beat, self.worker.config.heartbeat_seconds)
         told = False
         outcomes: list[RunOutcome] = []
         try:
@@ -223,19 +239,21 @@ class TuneTrial:
         if original is not None:
             return self._reuse(trial, original)
         earlier, pruned_earlier = self._earlier()
-        watch = TrialWatch(trial, earlier, pruned_earlier)
+        watch = TrialWatch(trial, earlier, pruned_earlier, on_lost=self.ownership.lost.set)
         outcomes: list[RunOutcome] = []
         for index, run in enumerate(runs):
             offset = index * run.train.max_iters
             watch.start_run(offset, run.train.max_iters)
             outcome = self.worker.train_run(
-                run, watch, on_open=lambda child: child.set_tags({TRIAL_TAG: str(trial.number)}))
+                run, watch, on_open=lambda child: child.set_tags({TRIAL_TAG: str(trial.number)}),
+                ownership=self.ownership)
             if outcome.status == "SKIPPED":
                 watch.backfill(offset + run.train.max_iters + 1)
             outcomes.append(outcome)
             if outcome.status not in ("FINISHED", "SKIPPED"):
                 break
-        trial.set_user_attr(PRUNE_SECONDS_ATTR, watch.seconds)
+        if outcomes[-1].status != "LOST":
+            trial.set_user_attr(PRUNE_SECONDS_ATTR, watch.seconds)
         return outcomes
 
     def _earlier(self) -> tuple[dict[int, float], int | None]:
@@ -294,6 +312,8 @@ class TuneTrial:
         last = outcomes[-1]
         if last.status == "KILLED":
             return False
+        if last.status == "LOST":
+            return True  # another worker failed it and enqueued it again: nothing to tell
         if self.claimed.resume_of is not None:
             # The dead trial's runs trained these steps too: count them once, here.
             outcomes = [o if o.status != "SKIPPED" else _as_spent(o) for o in outcomes]

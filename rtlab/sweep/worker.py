@@ -155,7 +155,7 @@ class Worker:
     def _next(self) -> list[RunOutcome] | None:
         """Run the next tuning trial, else the next queued run; None when neither is left."""
         if self.search is not None:
-            claimed = self.search.claim()
+            claimed = self.search.claim(self.config.heartbeat_seconds)
             if claimed is not None:
                 from rtlab.sweep.tune import TuneTrial
 
@@ -164,10 +164,16 @@ class Worker:
         return None if entry is None else [self.run_trial(entry)]
 
     def _wait_for_others(self) -> bool:
-        """The queue is empty: while other workers still run trials, wait, so that a run whose
-        worker dies meanwhile is queued again (and run here); False once no trial runs."""
-        self.queue.requeue_stale()
-        if self.queue.running_count() == 0:
+        """Nothing waits: while other workers still run trials, wait, so that a run or tuning
+        trial whose worker dies meanwhile is queued again (and run here); False once none runs."""
+        requeued = len(self.queue.requeue_stale())
+        running = self.queue.running_count()
+        if self.search is not None:
+            requeued += len(self.search.recover_stale())
+            running += self.search.running_count()
+        if requeued:
+            return True  # (the last running trial was a dead worker's: run it here)
+        if running == 0:
             return False
         deadline = time.monotonic() + min(IDLE_POLL_SECONDS, self.config.heartbeat_seconds)
         while time.monotonic() < deadline and not self.should_stop():
@@ -178,7 +184,8 @@ class Worker:
         """Train and log one queued run; tell the queue how it ended. Raises for a failed run
         only under torchrun (RunFailedUnderTorchrun), and a second Ctrl-C still ends the MLflow
         run and the trial. Its heartbeat also queues again the runs of workers that died."""
-        ownership = _Ownership(self.queue, entry)
+        ownership = Ownership(lambda: self.queue.heartbeat(entry),
+                               lambda: self.queue.holds(entry))
 
         def beat() -> None:
             ownership.beat()
@@ -202,7 +209,7 @@ class Worker:
         run: RunConfig,
         watch: TrainingWatch | None = None,
         on_open: Callable[[ChildRun], None] | None = None,
-        ownership: _Ownership | None = None,
+        ownership: Ownership | None = None,
     ) -> RunOutcome:
         """One run: skipped if FINISHED in MLflow, else opened (or resumed), trained and ended.
         `watch` sees every metric and may stop the run (a pruner); once `ownership` is lost the
@@ -288,7 +295,7 @@ class Worker:
         download_checkpoint(self.handle.tracking_uri, run_id, local)
 
     def _train(self, run: RunConfig, child: ChildRun, watch: TrainingWatch | None,
-               ownership: _Ownership | None = None) -> _Trained:
+               ownership: Ownership | None = None) -> _Trained:
         """train(), then the finished run's artifacts; a failure is a FAILED run, not a raise."""
         from rtlab.execute import TrainingDiverged, train
 
@@ -491,19 +498,21 @@ class _DatasetCache:
 LOST_REASON = "taken over by another worker (this one's heartbeat was judged stale)"
 
 
-class _Ownership:
-    """Whether this worker still holds its queued run. Another worker fails the trial and queues
-    the run again when this one's heartbeat looks stale: a starved heartbeat, under load, looks
-    like a dead worker. Once lost, this worker only stops: the run's MLflow status, metrics and
-    checkpoints are the new owner's."""
+class Ownership:
+    """Whether this worker still holds its trial (a queued run's, or a tuning trial). Another
+    worker fails the trial and queues it again when this one's heartbeat looks stale: a starved
+    heartbeat, under load, looks like a dead worker. Once lost, this worker only stops: the run's
+    MLflow status, metrics and checkpoints, and the trial, are the new owner's.
 
-    def __init__(self, queue: RunQueue, entry: QueuedRun) -> None:
-        self.queue = queue
-        self.entry = entry
+    `heartbeat` beats and says whether the trial is still ours; `holds` only reads that."""
+
+    def __init__(self, heartbeat: Callable[[], bool], holds: Callable[[], bool]) -> None:
+        self.heartbeat = heartbeat
+        self.holds = holds
         self.lost = threading.Event()
 
     def beat(self) -> None:
-        if not self.queue.heartbeat(self.entry):
+        if not self.heartbeat():
             self.lost.set()
 
     def confirm(self) -> bool:
@@ -512,7 +521,7 @@ class _Ownership:
         A store that cannot answer leaves the run ours: the heartbeat decides later."""
         if not self.lost.is_set():
             try:
-                if not self.queue.holds(self.entry):
+                if not self.holds():
                     self.lost.set()
             except StorageError:
                 pass

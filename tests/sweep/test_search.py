@@ -21,8 +21,10 @@ from optuna.trial import TrialState
 from rtlab.config import StudyPlan
 from rtlab.plan import trial_run
 from rtlab.sweep import SweepOptions, prepare_experiment, run_sweep
-from rtlab.sweep.queue import default_storage_url, experiment_state_dir
+from rtlab.sweep import optuna_adapter as adapter
+from rtlab.sweep.queue import PID_ATTR, STALE_ATTR, default_storage_url, experiment_state_dir
 from rtlab.sweep.search import (
+    FAILURE_ATTR,
     PRUNED_AT_ATTR,
     RESUME_OF_ATTR,
     STOPPED_ATTR,
@@ -156,6 +158,74 @@ def test_dead_and_stopped_trials_are_enqueued_again_with_their_values(store_work
     assert resumed is not None and (resumed.slot, resumed.resume_of) == (0, first.number)
     claimed = studies.trial_by_number(plan.study_name, resumed.number)
     assert claimed.user_attrs[RESUME_OF_ATTR] == first.number
+
+
+@pytest.mark.slow
+def test_a_tuning_trial_taken_over_stops_and_tells_nothing(store_workdir):
+    """A starved heartbeat looks like a dead worker: another worker (or a restarted `rtlab run`)
+    fails the trial and enqueues it again. The first worker stops at its next beat or report and
+    tells nothing: the trial stays failed-as-stale, its MLflow run is the new owner's."""
+    from rtlab.sweep.tune import TuneTrial
+    from rtlab.sweep.worker import LOST_REASON, Worker, WorkerConfig
+
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=1, max_iters=5000,
+                                                    checkpoint_interval=50))
+    queued = run_sweep(prepared, SweepOptions(workers=0, quiet=True))
+    plan = prepared.studies[0]
+    config = WorkerConfig(storage_url=queued.storage_url, study_name="tiny_search",
+                          state_dir=str(experiment_state_dir("tiny_search")),
+                          heartbeat_seconds=0.2)
+    elsewhere = studies_of(store_workdir, "tiny_search", prepared.studies)
+    enqueued_again: list = []
+
+    def judge_stale_once(message) -> None:  # what recover() does to a trial it finds stale
+        if isinstance(message, dict) and message["type"] == "step" and not enqueued_again:
+            (trial,) = elsewhere.trials(plan.study_name, TrialState.RUNNING)
+            trial_id = adapter.trial_id(elsewhere.storage, elsewhere.ids[plan.study_name],
+                                        trial)
+            elsewhere.storage.set_trial_system_attr(trial_id, STALE_ATTR, True)
+            elsewhere.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            enqueued_again.extend(elsewhere.recover())
+
+    worker = Worker(config, judge_stale_once, lambda: False)
+    claimed = worker.search.claim(config.heartbeat_seconds)
+    (outcome,) = TuneTrial(worker, worker.search, claimed).run()
+
+    assert enqueued_again == [(plan.study_name, claimed.number)]
+    assert outcome.status == "LOST" and outcome.failure_reason == LOST_REASON
+    assert 0 < outcome.steps < 5000  # it stopped within a beat or so, not at the end
+    dead = elsewhere.trial_by_number(plan.study_name, claimed.number)
+    assert dead.state == TrialState.FAIL and dead.system_attrs[STALE_ATTR] is True
+    assert STOPPED_ATTR not in dead.system_attrs and FAILURE_ATTR not in dead.user_attrs
+    again = elsewhere.trial_by_number(plan.study_name, claimed.number + 1)
+    assert again.state == TrialState.WAITING and again.user_attrs[RESUME_OF_ATTR] == dead.number
+    (run,) = runs_by_phase(store_workdir, "tiny_search")["tune"]
+    assert run.info.status == "RUNNING"  # the new owner's to end
+
+
+@pytest.mark.slow
+def test_a_live_worker_reruns_a_dead_workers_tuning_trial_without_a_new_rtlab_run(
+        store_workdir):
+    from rtlab.sweep.worker import Worker, WorkerConfig
+
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=2))
+    queued = run_sweep(prepared, SweepOptions(workers=0, quiet=True))
+    plan = prepared.studies[0]
+    studies = studies_of(store_workdir, "tiny_search", prepared.studies)
+    dead = studies.claim()  # a worker on this host claimed it and was SIGKILLed
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    studies.storage.set_trial_system_attr(dead.trial_id, PID_ATTR, int(gone.stdout))
+
+    config = WorkerConfig(storage_url=queued.storage_url, study_name="tiny_search",
+                          state_dir=str(experiment_state_dir("tiny_search")))
+    outcomes = Worker(config, lambda message: None, lambda: False).run()
+
+    assert len(outcomes) == 2 and studies.complete()
+    trials = {t.number: t for t in studies.trials(plan.study_name)}
+    assert trials[dead.number].state == TrialState.FAIL
+    (resumed,) = [t for t in trials.values() if t.user_attrs.get(RESUME_OF_ATTR) == dead.number]
+    assert resumed.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @pytest.mark.slow

@@ -157,6 +157,26 @@ def test_the_trial_of_a_dead_worker_is_failed_and_its_run_queued_again(store_wor
     assert find_child(_handle(queued), run.config_hash).status == "KILLED"  # resumable
 
 
+def test_a_worker_left_alone_runs_the_run_of_a_dead_one_before_it_stops(store_workdir):
+    """The only running trial is a dead worker's: the idle worker queues its run again and runs
+    it, rather than stop with the run still queued."""
+    prepared = prepare_experiment(write_spec(store_workdir, seeds="[0]", variants="  b: {}\n"))
+    (run,) = prepared.runs
+    queued = run_sweep(prepared, SweepOptions(workers=0, quiet=True))
+    queue = RunQueue.open(queued.storage_url, "tiny")
+    entry = queue.pop()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    queue.storage.set_trial_system_attr(entry.trial_id, PID_ATTR, int(gone.stdout))
+
+    config = WorkerConfig(storage_url=queued.storage_url, study_name="tiny",
+                          state_dir=str(experiment_state_dir("tiny")))
+    outcomes = run_worker(config, lambda message: None, lambda: False)
+    assert [(o.config_hash, o.status) for o in outcomes] == [(run.config_hash, "FINISHED")]
+    dead, requeued = study_trials(store_workdir)
+    assert dead.state == TrialState.FAIL and requeued.state == TrialState.COMPLETE
+
+
 def _handle(summary: SweepSummary):
     from rtlab.sweep.worker import handle_from_attrs
 

@@ -70,6 +70,7 @@ FAILURE_ATTR = "failure_reason"
 PRUNED_AT_ATTR = "pruned_at_step"  # set as the pruner decides (before the step's checkpoint)
 # Trial system attrs (besides the queue's host, pid, heartbeat and stale)
 STOPPED_ATTR = "rtlab.stopped"  # stopped on request: run again by the next `rtlab run`
+DUPLICATE_SLOT_ATTR = "rtlab.duplicate_slot"  # enqueued twice for a slot (see `claim`)
 
 ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 
@@ -87,11 +88,19 @@ def slot_seed(seed: int, slot: int) -> int:
 
 def counts_towards_budget(trial: FrozenTrial) -> bool:
     """Completed, pruned and failed trials, and those waiting or running; not the trials of dead
-    or stopped workers (they are run again)."""
+    or stopped workers (they are run again), nor a slot's second trial (never run)."""
     if trial.state == TrialState.FAIL:
         attrs = trial.system_attrs
-        return not (attrs.get(STALE_ATTR) or attrs.get(STOPPED_ATTR))
+        return not (attrs.get(STALE_ATTR) or attrs.get(STOPPED_ATTR)
+                    or attrs.get(DUPLICATE_SLOT_ATTR))
     return True
+
+
+def is_rerun(trial: FrozenTrial) -> bool:
+    """A trial whose worker died or was stopped: enqueued again with its slot and values."""
+    attrs = trial.system_attrs
+    return trial.state == TrialState.FAIL and bool(attrs.get(STALE_ATTR)
+                                                   or attrs.get(STOPPED_ATTR))
 
 
 def slot_of(trial: FrozenTrial) -> int:
@@ -156,15 +165,29 @@ class SearchStudies:
         again = []
         with adapter.claim_lock(self.url):
             for name in self.plans:
-                for trial in self.trials(name, TrialState.RUNNING):
-                    if is_stale(trial):
-                        trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
-                        self.storage.set_trial_system_attr(trial_id, STALE_ATTR, True)
-                        adapter.set_state(self.storage, trial_id, TrialState.FAIL)
+                self._fail_stale(name)
                 again += [(name, n) for n in self._requeue(name)]
         return again
 
-    def _requeue(self, name: str) -> list[int]:
+    def _fail_stale(self, name: str) -> set[int]:
+        """FAIL the stale RUNNING trials of a study; the numbers of those this process failed
+        (another process, or their worker, may finish one first)."""
+        failed = set()
+        for trial in self.trials(name, TrialState.RUNNING):
+            if not is_stale(trial):
+                continue
+            trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
+            try:
+                self.storage.set_trial_system_attr(trial_id, STALE_ATTR, True)
+            except UpdateFinishedTrialError:
+                continue
+            if adapter.set_state(self.storage, trial_id, TrialState.FAIL):
+                failed.add(trial.number)
+        return failed
+
+    def _requeue(self, name: str, only: set[int] | None = None) -> list[int]:
+        """Enqueue again the dead or stopped trials of a study (`only`: just these numbers) whose
+        slot has no trial that counts; the numbers of the trials continued."""
         budget = self.plans[name].search.budget
         trials = self.trials(name)
         taken = {slot_of(t) for t in trials if counts_towards_budget(t)}
@@ -172,7 +195,9 @@ class SearchStudies:
         study = self.study(name)
         requeued = []
         for trial in trials:
-            if trial.state != TrialState.FAIL or counts_towards_budget(trial):
+            if not is_rerun(trial):
+                continue
+            if only is not None and trial.number not in only:
                 continue
             if trial.number in continued or slot_of(trial) in taken or slot_of(trial) >= budget:
                 continue
@@ -228,8 +253,14 @@ class SearchStudies:
                     return None
                 _, _, name, trial = min(waiting, key=lambda w: (w[0], w[1], w[3].number))
                 trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
-                if adapter.set_state(self.storage, trial_id, TrialState.RUNNING):
+                if not adapter.set_state(self.storage, trial_id, TrialState.RUNNING):
+                    continue
+                if not self._slot_taken_before(name, trial):
                     break
+                # Two processes enqueued this slot at once (PostgreSQL has no claim lock, so
+                # `top_up` or `recover` may race): the lower-numbered trial is the slot's.
+                self.storage.set_trial_system_attr(trial_id, DUPLICATE_SLOT_ATTR, True)
+                adapter.set_state(self.storage, trial_id, TrialState.FAIL)
         for key, value in ((HOST_ATTR, host_name()), (PID_ATTR, os.getpid()),
                            (HEARTBEAT_ATTR, time.time()),
                            (HEARTBEAT_PERIOD_ATTR, heartbeat_seconds)):
@@ -237,6 +268,10 @@ class SearchStudies:
         resume_of = trial.user_attrs.get(RESUME_OF_ATTR)
         return ClaimedTrial(self.plans[name], trial.number, trial_id, slot_of(trial),
                             None if resume_of is None else int(resume_of))
+
+    def _slot_taken_before(self, name: str, trial: FrozenTrial) -> bool:
+        return any(slot_of(t) == slot_of(trial) and t.number < trial.number
+                   and counts_towards_budget(t) for t in self.trials(name))
 
     @retried
     def heartbeat(self, claimed: ClaimedTrial) -> bool:
@@ -262,10 +297,17 @@ class SearchStudies:
 
     @retried
     def recover_stale(self) -> list[tuple[str, int]]:
-        """A live worker's recovery: when a RUNNING trial's worker is gone, `recover` (fail it,
-        enqueue it again); the (study, number) of the trials enqueued again."""
-        running = [t for name in self.plans for t in self.trials(name, TrialState.RUNNING)]
-        return self.recover() if any(is_stale(t) for t in running) else []
+        """A live worker's recovery: fail the RUNNING trials whose worker is gone and enqueue
+        them again; the (study, number) of those. Stopped trials wait for the next `rtlab run`
+        (someone stopped them), and a trial another process failed is that process's to enqueue."""
+        again = []
+        for name in self.plans:
+            if not any(is_stale(t) for t in self.trials(name, TrialState.RUNNING)):
+                continue
+            with adapter.claim_lock(self.url):
+                failed = self._fail_stale(name)
+                again += [(name, n) for n in self._requeue(name, only=failed)] if failed else []
+        return again
 
     def trial_by_number(self, name: str, number: int) -> FrozenTrial:
         return self.storage.get_trial(adapter.trial_id(self.storage, self.ids[name], number))

@@ -198,9 +198,15 @@ class TuneTrial:
                 told = self._tell(trial, outcomes)
             else:
                 told = True
+        except UpdateFinishedTrialError:
+            # Failed under us, outside training (sampling, between seeds, telling): another
+            # worker took this worker for dead and enqueued the trial again. It is theirs.
+            self.ownership.lost.set()
+            told = True
         except RunFailedUnderTorchrun as error:  # a failed trial, not a stopped one to rerun
-            trial.set_user_attr(FAILURE_ATTR, str(error))
-            trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if not self.ownership.lost.is_set():
+                trial.set_user_attr(FAILURE_ATTR, str(error))
+                trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             told = True
             raise
         finally:
@@ -242,6 +248,8 @@ class TuneTrial:
         watch = TrialWatch(trial, earlier, pruned_earlier, on_lost=self.ownership.lost.set)
         outcomes: list[RunOutcome] = []
         for index, run in enumerate(runs):
+            if index and not self.ownership.confirm():
+                break  # lost between seeds: the next seed's run is the new owner's to open
             offset = index * run.train.max_iters
             watch.start_run(offset, run.train.max_iters)
             outcome = self.worker.train_run(
@@ -252,7 +260,7 @@ class TuneTrial:
             outcomes.append(outcome)
             if outcome.status not in ("FINISHED", "SKIPPED"):
                 break
-        if outcomes[-1].status != "LOST":
+        if not self.ownership.lost.is_set():
             trial.set_user_attr(PRUNE_SECONDS_ATTR, watch.seconds)
         return outcomes
 
@@ -274,7 +282,10 @@ class TuneTrial:
             finished = [t for t in same if t.state in FINISHED_STATES]
             if finished:
                 return finished[0]
-            running = [t for t in same if t.state == TrialState.RUNNING and not is_stale(t)]
+            # Only an earlier trial is waited for: two that sampled the same config at once
+            # would otherwise wait for each other.
+            running = [t for t in same if t.state == TrialState.RUNNING and not is_stale(t)
+                       and t.number < self.claimed.number]
             if not running or self.worker.should_stop():
                 return None  # (a stop ends the run at its first step, before it trains)
             time.sleep(DUPLICATE_POLL_SECONDS)
@@ -312,7 +323,7 @@ class TuneTrial:
         last = outcomes[-1]
         if last.status == "KILLED":
             return False
-        if last.status == "LOST":
+        if self.ownership.lost.is_set():
             return True  # another worker failed it and enqueued it again: nothing to tell
         if self.claimed.resume_of is not None:
             # The dead trial's runs trained these steps too: count them once, here.
@@ -332,7 +343,10 @@ class TuneTrial:
 
     def _tell_stopped(self) -> None:
         storage = self.studies.storage
-        storage.set_trial_system_attr(self.claimed.trial_id, STOPPED_ATTR, True)
+        try:
+            storage.set_trial_system_attr(self.claimed.trial_id, STOPPED_ATTR, True)
+        except UpdateFinishedTrialError:
+            return  # taken for stale meanwhile: enqueued again by whoever failed it
         adapter.set_state(storage, self.claimed.trial_id, TrialState.FAIL)
 
 

@@ -24,9 +24,12 @@ from rtlab.sweep import SweepOptions, prepare_experiment, run_sweep
 from rtlab.sweep import optuna_adapter as adapter
 from rtlab.sweep.queue import PID_ATTR, STALE_ATTR, default_storage_url, experiment_state_dir
 from rtlab.sweep.search import (
+    DUPLICATE_SLOT_ATTR,
     FAILURE_ATTR,
+    PHASE_ATTR,
     PRUNED_AT_ATTR,
     RESUME_OF_ATTR,
+    SLOT_ATTR,
     STOPPED_ATTR,
     SearchChanged,
     SearchStudies,
@@ -179,7 +182,8 @@ def test_a_tuning_trial_taken_over_stops_and_tells_nothing(store_workdir):
     enqueued_again: list = []
 
     def judge_stale_once(message) -> None:  # what recover() does to a trial it finds stale
-        if isinstance(message, dict) and message["type"] == "step" and not enqueued_again:
+        if (isinstance(message, dict) and message["type"] == "step" and message["step"] > 0
+                and not enqueued_again):
             (trial,) = elsewhere.trials(plan.study_name, TrialState.RUNNING)
             trial_id = adapter.trial_id(elsewhere.storage, elsewhere.ids[plan.study_name],
                                         trial)
@@ -226,6 +230,42 @@ def test_a_live_worker_reruns_a_dead_workers_tuning_trial_without_a_new_rtlab_ru
     assert trials[dead.number].state == TrialState.FAIL
     (resumed,) = [t for t in trials.values() if t.user_attrs.get(RESUME_OF_ATTR) == dead.number]
     assert resumed.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_a_live_workers_recovery_enqueues_dead_trials_not_stopped_ones(store_workdir):
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=3))
+    plan = prepared.studies[0]
+    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
+    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
+    studies = SearchStudies.create(url, prepared.studies)
+    studies.top_up()
+    dead, stopped = studies.claim(), studies.claim()
+    studies.storage.set_trial_system_attr(dead.trial_id, PID_ATTR, 2**22 + 12345)
+    studies.storage.set_trial_system_attr(stopped.trial_id, STOPPED_ATTR, True)
+    studies.storage.set_trial_state_values(stopped.trial_id, TrialState.FAIL)
+    assert studies.running_count() == 1  # the dead one (this process holds no trial)
+    assert studies.recover_stale() == [(plan.study_name, dead.number)]
+    assert studies.recover_stale() == []  # once
+    assert studies.recover() == [(plan.study_name, stopped.number)]  # the next `rtlab run`
+
+
+def test_a_slot_enqueued_twice_at_once_is_claimed_once(store_workdir):
+    """PostgreSQL has no claim lock: two processes topping up (or recovering) at once may both
+    enqueue a slot. The later trial is failed at its claim and never counts."""
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=2))
+    plan = prepared.studies[0]
+    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
+    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
+    studies = SearchStudies.create(url, prepared.studies)
+    assert studies.top_up() == 2
+    racing_top_up = {SLOT_ATTR: 0, PHASE_ATTR: "tune"}  # slot 0 again
+    studies.study(plan.study_name).enqueue_trial({}, user_attrs=racing_top_up)
+    claims = [studies.claim() for _ in range(3)]
+    assert [c.slot for c in claims[:2]] == [0, 1] and claims[2] is None
+    (twice,) = [t for t in studies.trials(plan.study_name) if not counts_towards_budget(t)]
+    assert (twice.number, twice.state, slot_of(twice)) == (2, TrialState.FAIL, 0)
+    assert twice.system_attrs[DUPLICATE_SLOT_ATTR] is True
+    assert studies.recover() == []  # not a dead trial to run again
 
 
 @pytest.mark.slow

@@ -204,7 +204,8 @@ def test_a_worker_whose_run_was_taken_over_stops_and_leaves_it_to_the_new_owner(
     taken_over = []
 
     def judge_stale_once(message) -> None:  # what another worker's stale scan does
-        if isinstance(message, dict) and message["type"] == "step" and not taken_over:
+        if (isinstance(message, dict) and message["type"] == "step" and message["step"] > 0
+                and not taken_over):
             (trial,) = other_worker.storage.get_all_trials(other_worker.study_id,
                                                            states=(TrialState.RUNNING,))
             taken_over.append(other_worker._fail([trial], STALE_ATTR))

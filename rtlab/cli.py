@@ -355,13 +355,17 @@ def check(file: SpecFile, set_: SetOption = None) -> None:
 
 @app.command()
 def status(file: SpecFile, set_: SetOption = None, tracking_uri: TrackingOption = None) -> None:
-    """Table of the experiment's runs: state, arm, seed, step, losses."""
+    """Table of the experiment's runs: state, arm, seed, step, losses. A searched experiment's
+    studies first (trials by state, best so far), then its confirm runs once tuning is done."""
     from rtlab.report.status import run_states
     from rtlab.track import resolve_tracking_uri
 
     prepared = prepare_or_exit(file, set_)
-    states = run_states(prepared.runs, prepared.spec.name, resolve_tracking_uri(tracking_uri))
-    table = Table(title=f"{prepared.spec.name}: {len(prepared.runs)} runs")
+    runs = search_status(prepared) if prepared.studies else prepared.runs
+    if not runs:
+        return
+    states = run_states(runs, prepared.spec.name, resolve_tracking_uri(tracking_uri))
+    table = Table(title=f"{prepared.spec.name}: {len(runs)} runs")
     for column in ("state", "run", "arm", "seed", "step", "train loss", "val loss", "best val",
                    "config hash"):
         table.add_column(column)
@@ -377,6 +381,36 @@ def status(file: SpecFile, set_: SetOption = None, tracking_uri: TrackingOption 
 
 def fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+def search_status(prepared: Any) -> list[Any]:
+    """Print each study's trials by state and its best trial (local store); return the confirm
+    runs once every study has spent its budget, else [] (they depend on the best trials)."""
+    from rtlab.sweep.search_summary import STATE_NAMES, confirm_runs, local_studies, search_summary
+
+    studies = local_studies(prepared.spec.name, prepared.studies)
+    if studies is None:
+        console.print(f"{prepared.spec.name}: {len(prepared.studies)} studies, not started "
+                      "(no local study store: `rtlab run` creates it)")
+        return []
+    table = Table(title=f"{prepared.spec.name}: tuning, {len(prepared.studies)} studies")
+    for column in ("study", "budget", *STATE_NAMES.values(), "best", "best params"):
+        table.add_column(column)
+    for study in search_summary(studies)["studies"]:
+        best = study["best"] or {}
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in best.get("params", {}).items())
+        table.add_row(study["study"], str(study["budget"]),
+                      *(str(study["counts"][label]) for label in STATE_NAMES.values()),
+                      fmt(best.get("value")), params)
+    console.print(table)
+    if not studies.complete():
+        console.print("confirm runs: each study's best configuration, once every budget is spent")
+        return []
+    runs, notes = confirm_runs(studies)
+    for note in notes:
+        console.print(note)
+    return runs
 
 
 @app.command()

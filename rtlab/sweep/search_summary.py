@@ -49,6 +49,20 @@ def confirm_runs(studies: SearchStudies) -> tuple[list[RunConfig], list[str]]:
     return runs, notes
 
 
+def local_studies(experiment: str, plans: list[StudyPlan]) -> SearchStudies | None:
+    """The studies of a searched experiment in its local store (`.rtlab/<experiment>/`); None
+    before `rtlab run` created them (nothing is created here)."""
+    from rtlab.sweep.queue import default_storage_url, experiment_state_dir
+
+    state_dir = experiment_state_dir(experiment)
+    if not (state_dir / "optuna.db").exists():
+        return None
+    try:
+        return SearchStudies.open(default_storage_url(state_dir), [p.study_name for p in plans])
+    except KeyError:  # a store from before the search was added to the spec
+        return None
+
+
 def search_summary(studies: SearchStudies) -> dict[str, Any]:
     """Every study with its plan, trials and best trial, as plain JSON values."""
     return {

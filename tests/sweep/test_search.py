@@ -268,6 +268,41 @@ def test_a_slot_enqueued_twice_at_once_is_claimed_once(store_workdir):
     assert studies.recover() == []  # not a dead trial to run again
 
 
+def _status_row(output: str, study: str) -> list[str]:
+    row = next(line for line in output.splitlines() if f" {study} " in line)
+    return [cell.strip() for cell in row.split("│")[1:-1]]
+
+
+@pytest.mark.slow
+def test_status_shows_each_study_then_the_confirm_runs(store_workdir):
+    from typer.testing import CliRunner
+
+    from rtlab.cli import app
+
+    spec = write_search_spec(store_workdir, trials=3)
+    cli = CliRunner()
+    before = cli.invoke(app, ["status", str(spec)])
+    assert before.exit_code == 0 and "not started" in before.output
+    assert not (store_workdir / ".rtlab").exists()  # status creates nothing
+    prepared = prepare_experiment(spec)
+    run_sweep(prepared, SweepOptions(workers=0, quiet=True))  # the studies, nothing run yet
+    queued = cli.invoke(app, ["status", str(spec)])
+    columns = ["budget", "complete", "pruned", "failed", "running", "waiting", "best"]
+    assert dict(zip(columns, _status_row(queued.output, "tiny_search/baseline")[1:8],
+                    strict=True)) == {"budget": "3", "complete": "0", "pruned": "0",
+                                      "failed": "0", "running": "0", "waiting": "3", "best": ""}
+    assert "confirm runs:" in queued.output and "FINISHED" not in queued.output
+
+    run_sweep(prepared, SweepOptions(workers=1, quiet=True))
+    done = cli.invoke(app, ["status", str(spec)])
+    cells = dict(zip(columns, _status_row(done.output, "tiny_search/baseline")[1:8], strict=True))
+    assert int(cells["complete"]) + int(cells["pruned"]) == 3 and cells["waiting"] == "0"
+    best = studies_of(store_workdir, "tiny_search", prepared.studies).best(
+        prepared.studies[0].study_name)
+    assert cells["best"] == f"{best.value:.4f}"
+    assert _status_row(done.output, "baseline-s1")[0] == "FINISHED"  # the confirm run
+
+
 @pytest.mark.slow
 def test_two_workers_spend_exactly_the_budget_without_duplicates(store_workdir):
     prepared = prepare_experiment(write_search_spec(store_workdir, trials=6, variants=TWO_ARMS))

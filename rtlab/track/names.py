@@ -17,6 +17,7 @@ ARM_TAG = "rtlab.arm"
 SEED_TAG = "rtlab.seed"
 GRID_POINT_TAG = "rtlab.grid_point"  # JSON
 HASH_TAG = "rtlab.config_hash"
+DATA_FINGERPRINT_TAG = "rtlab.data_fingerprint"  # sha256 of the prepared data it trained on
 DEVICE_TAG = "rtlab.device"
 FAILURE_TAG = "rtlab.failure_reason"
 

@@ -30,6 +30,7 @@ from rtlab.track.names import (
     ARM_TAG,
     BATCH_LOSS,
     CHILD,
+    DATA_FINGERPRINT_TAG,
     DEVICE_TAG,
     FAILURE_TAG,
     GIT_COMMIT_TAG,
@@ -87,6 +88,7 @@ class RunRecord:
     grid_point: Mapping[str, Any] = field(default_factory=dict)
     grid_point_problem: str | None = None  # why GRID_POINT_TAG could not be read
     config_hash: str = ""
+    data_fingerprint: str = ""  # of the prepared data ("" for runs from before it was tagged)
     device: str = ""
     failure_reason: str = ""
     git_commit: str = ""
@@ -177,6 +179,7 @@ def to_record(run: Run) -> RunRecord:
         grid_point=grid_point,
         grid_point_problem=grid_problem,
         config_hash=tags.get(HASH_TAG, ""),
+        data_fingerprint=tags.get(DATA_FINGERPRINT_TAG, ""),
         device=tags.get(DEVICE_TAG, ""),
         failure_reason=tags.get(FAILURE_TAG, ""),
         git_commit=tags.get(GIT_COMMIT_TAG, ""),
@@ -395,15 +398,15 @@ def run_config(run: RunRecord, experiment: str) -> RunConfig | None:
     """The resolved config the run trained, from its tags and params; None when they do not make
     one (a run rtlab did not write, or one from a version whose config differs from this one's).
 
-    The data fingerprint is not logged, so it is "" here: compare `run.config_hash`, not this
-    config's hash, with other runs."""
+    With the run's data fingerprint (tagged since it was), the config's hash is the run's."""
     sections = config_sections(run)
     if run.arm is None or run.seed is None or set(sections) != set(SECTIONS):
         return None
     try:
         config = RunConfig.model_validate({
             "experiment": experiment, "arm": run.arm, "seed": run.seed,
-            "grid_point": dict(run.grid_point), **sections,
+            "grid_point": dict(run.grid_point), "data_fingerprint": run.data_fingerprint,
+            **sections,
         })
     except ValueError:
         return None

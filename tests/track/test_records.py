@@ -90,10 +90,11 @@ def test_reading_creates_nothing(tmp_path: Path, store):
 
 def test_the_resolved_config_comes_back_from_the_params(store):
     handle = setup_experiment("exp", store)
-    run = make_run(lr=3e-4)
+    run = make_run(lr=3e-4).model_copy(update={"data_fingerprint": "f" * 64})
     finished_child(handle, run, 2.5)
     (child,) = read_experiment("exp", store).children
-    assert run_config(child, "exp") == run
+    assert child.data_fingerprint == "f" * 64
+    assert run_config(child, "exp") == run  # its hash is the run's: the data is part of it
     assert data_config(child) == run.data
     # A run that logged only part of a config gives no config, not one filled with defaults.
     hand_made = MlflowClient(store).create_run(

@@ -189,9 +189,15 @@ def run(
         raise typer.Exit(1)
 
 
-def check_storage_or_exit(url: str) -> None:
+def check_storage_or_exit(url: str, create: bool = True) -> None:
+    """Exit 2 with one line (password redacted) when the storage cannot be opened; `create=False`
+    leaves a SQLite file that does not exist alone (a reader creates nothing)."""
     from rtlab.sweep import StorageError, open_storage
+    from rtlab.sweep.optuna_adapter import sqlite_path
 
+    database = sqlite_path(url)
+    if not create and database is not None and not database.exists():
+        return
     try:
         open_storage(url).remove_session()
     except StorageError as error:
@@ -354,17 +360,31 @@ def check(file: SpecFile, set_: SetOption = None) -> None:
 
 
 @app.command()
-def status(file: SpecFile, set_: SetOption = None, tracking_uri: TrackingOption = None) -> None:
+def status(
+    file: SpecFile,
+    set_: SetOption = None,
+    tracking_uri: TrackingOption = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL of the queue and studies (default "
+             ".rtlab/<experiment>/optuna.db).")] = None,
+) -> None:
     """Table of the experiment's runs: state, arm, seed, step, losses. A searched experiment's
     studies first (trials by state, best so far), then its confirm runs once tuning is done."""
     from rtlab.report.status import run_states
+    from rtlab.sweep import StorageError
     from rtlab.track import resolve_tracking_uri
 
+    if storage is not None:
+        check_storage_or_exit(storage, create=False)  # a bad URL fails in seconds
     prepared = prepare_or_exit(file, set_)
-    runs = search_status(prepared) if prepared.studies else prepared.runs
-    if not runs:
-        return
-    states = run_states(runs, prepared.spec.name, resolve_tracking_uri(tracking_uri))
+    try:
+        runs = search_status(prepared, storage) if prepared.studies else prepared.runs
+        if not runs:
+            return
+        states = run_states(runs, prepared.spec.name, resolve_tracking_uri(tracking_uri),
+                            storage)
+    except StorageError as error:
+        fail(str(error))
     table = Table(title=f"{prepared.spec.name}: {len(runs)} runs")
     for column in ("state", "run", "arm", "seed", "step", "train loss", "val loss", "best val",
                    "config hash"):
@@ -383,15 +403,16 @@ def fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def search_status(prepared: Any) -> list[Any]:
-    """Print each study's trials by state and its best trial (local store); return the confirm
-    runs once every study has spent its budget, else [] (they depend on the best trials)."""
-    from rtlab.sweep.search_summary import STATE_NAMES, confirm_runs, local_studies, search_summary
+def search_status(prepared: Any, storage: str | None) -> list[Any]:
+    """Print each study's trials by state and its best trial; return the confirm runs once every
+    study has spent its budget, else [] (they depend on the best trials)."""
+    from rtlab.sweep.search_summary import STATE_NAMES, confirm_runs, search_summary, stored_studies
 
-    studies = local_studies(prepared.spec.name, prepared.studies)
+    studies = stored_studies(prepared.spec.name, prepared.studies, storage)
     if studies is None:
+        where = redact_url(storage) if storage else "the local study store"
         console.print(f"{prepared.spec.name}: {len(prepared.studies)} studies, not started "
-                      "(no local study store: `rtlab run` creates it)")
+                      f"(none in {where}: `rtlab run` creates them)")
         return []
     table = Table(title=f"{prepared.spec.name}: tuning, {len(prepared.studies)} studies")
     for column in ("study", "budget", *STATE_NAMES.values(), "best", "best params"):

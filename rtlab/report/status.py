@@ -55,11 +55,13 @@ def stored_states(experiment: str, tracking_uri: str) -> dict[str, str]:
 
 
 def run_states(
-    runs: Sequence[RunConfig], experiment: str, tracking_uri: str
+    runs: Sequence[RunConfig], experiment: str, tracking_uri: str,
+    storage_url: str | None = None,
 ) -> list[RunState]:
-    """Each planned run as the store and the local queue have it, in plan order."""
+    """Each planned run as the store and the queue (default: the local one) have it, in plan
+    order."""
     stored = read_runs_by_hash(experiment, tracking_uri)
-    queued = queued_hashes(experiment)
+    queued = queued_hashes(experiment, storage_url)
     states = []
     for planned in runs:
         run = stored.get(planned.config_hash)
@@ -74,15 +76,16 @@ def run_states(
     return states
 
 
-def queued_hashes(experiment: str) -> set[str]:
-    """Hashes WAITING in the experiment's local queue (.rtlab/<experiment>), if it exists."""
-    from rtlab.sweep.queue import default_storage_url, experiment_state_dir, waiting_hashes
+def queued_hashes(experiment: str, storage_url: str | None = None) -> set[str]:
+    """Hashes WAITING in the experiment's queue (default: the local one, .rtlab/<experiment>),
+    if it exists."""
+    from rtlab.sweep.queue import storage_url_if_created, waiting_hashes
 
-    state_dir = experiment_state_dir(experiment)
-    if not (state_dir / "optuna.db").exists():
+    url = storage_url_if_created(experiment, storage_url)
+    if url is None:
         return set()
     try:
-        return waiting_hashes(default_storage_url(state_dir), experiment)
+        return waiting_hashes(url, experiment)
     except KeyError:
         return set()
 

@@ -142,6 +142,14 @@ def load_study(url: str, name: str) -> optuna.Study:
     return RunQueue.open(url, name).study
 
 
+def storage_url_if_created(experiment: str, url: str | None = None) -> str | None:
+    """The experiment's storage URL (default: the local one), or None when it is a SQLite file
+    that does not exist yet: a reader must not create it."""
+    url = url or default_storage_url(experiment_state_dir(experiment))
+    database = adapter.sqlite_path(url)
+    return None if database is not None and not database.exists() else url
+
+
 def waiting_hashes(url: str, name: str) -> set[str]:
     """Config hashes WAITING in a study's queue (raises KeyError when there is no such study)."""
     return RunQueue.open(url, name).hashes(TrialState.WAITING)

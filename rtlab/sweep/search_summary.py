@@ -49,16 +49,17 @@ def confirm_runs(studies: SearchStudies) -> tuple[list[RunConfig], list[str]]:
     return runs, notes
 
 
-def local_studies(experiment: str, plans: list[StudyPlan]) -> SearchStudies | None:
-    """The studies of a searched experiment in its local store (`.rtlab/<experiment>/`); None
-    before `rtlab run` created them (nothing is created here)."""
-    from rtlab.sweep.queue import default_storage_url, experiment_state_dir
+def stored_studies(experiment: str, plans: list[StudyPlan],
+                   storage_url: str | None = None) -> SearchStudies | None:
+    """The studies of a searched experiment in its storage (default: the local one,
+    `.rtlab/<experiment>/optuna.db`); None before `rtlab run` created them. Creates nothing."""
+    from rtlab.sweep.queue import storage_url_if_created
 
-    state_dir = experiment_state_dir(experiment)
-    if not (state_dir / "optuna.db").exists():
+    url = storage_url_if_created(experiment, storage_url)
+    if url is None:
         return None
     try:
-        return SearchStudies.open(default_storage_url(state_dir), [p.study_name for p in plans])
+        return SearchStudies.open(url, [p.study_name for p in plans])
     except KeyError:  # a store from before the search was added to the spec
         return None
 

@@ -33,12 +33,12 @@ def bad_urls(postgres: PostgresServer) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", ["unreachable", "wrong password", "missing driver"])
-@pytest.mark.parametrize("command", ["run", "worker"])
+@pytest.mark.parametrize("command", ["run", "worker", "status"])
 def test_a_bad_storage_url_fails_fast_with_the_password_redacted(
     postgres: PostgresServer, tmp_path: Path, case: str, command: str
 ) -> None:
     url = bad_urls(postgres)[case]
-    args = ([command, str(SPEC), "--storage", url] if command == "run"
+    args = ([command, str(SPEC), "--storage", url] if command in ("run", "status")
             else [command, "--study", "mini_sweep", "--storage", url])
     done, seconds = rtlab(args, tmp_path)
     output = done.stdout + done.stderr

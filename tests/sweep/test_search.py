@@ -303,6 +303,27 @@ def test_status_shows_each_study_then_the_confirm_runs(store_workdir):
     assert _status_row(done.output, "baseline-s1")[0] == "FINISHED"  # the confirm run
 
 
+def test_status_reads_the_studies_from_the_storage_it_is_given(store_workdir, tmp_path):
+    from typer.testing import CliRunner
+
+    from rtlab.cli import app
+
+    spec = write_search_spec(store_workdir, trials=2)
+    url = f"sqlite:///{tmp_path / 'shared' / 'optuna.db'}"  # another machine's database
+    (tmp_path / "shared").mkdir()
+    run_sweep(prepare_experiment(spec), SweepOptions(workers=0, quiet=True, storage_url=url))
+    cli = CliRunner()
+    local = cli.invoke(app, ["status", str(spec)])
+    assert local.exit_code == 0 and "not started" in local.output
+    shared = cli.invoke(app, ["status", str(spec), "--storage", url])
+    assert shared.exit_code == 0, shared.output
+    assert _status_row(shared.output, "tiny_search/baseline")[1:7] == ["2", "0", "0", "0", "0",
+                                                                      "2"]
+    absent = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert "not started" in cli.invoke(app, ["status", str(spec), "--storage", absent]).output
+    assert not (tmp_path / "absent.db").exists()  # status creates nothing
+
+
 @pytest.mark.slow
 def test_two_workers_spend_exactly_the_budget_without_duplicates(store_workdir):
     prepared = prepare_experiment(write_search_spec(store_workdir, trials=6, variants=TWO_ARMS))

@@ -199,7 +199,7 @@ def check_storage_or_exit(url: str, create: bool = True) -> None:
     if not create and database is not None and not database.exists():
         return
     try:
-        open_storage(url).remove_session()
+        open_storage(url, create).remove_session()
     except StorageError as error:
         fail(str(error))
 
@@ -406,9 +406,14 @@ def fmt(value: float | None) -> str:
 def search_status(prepared: Any, storage: str | None) -> list[Any]:
     """Print each study's trials by state and its best trial; return the confirm runs once every
     study has spent its budget, else [] (they depend on the best trials)."""
+    from rtlab.sweep.search import SearchChanged
     from rtlab.sweep.search_summary import STATE_NAMES, confirm_runs, search_summary, stored_studies
 
-    studies = stored_studies(prepared.spec.name, prepared.studies, storage)
+    try:
+        studies = stored_studies(prepared.spec.name, prepared.studies, storage)
+    except SearchChanged as error:
+        console.print(f"{prepared.spec.name}: {error}")
+        return []
     if studies is None:
         where = redact_url(storage) if storage else "the local study store"
         console.print(f"{prepared.spec.name}: {len(prepared.studies)} studies, not started "

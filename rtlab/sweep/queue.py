@@ -83,10 +83,15 @@ class StorageLost(StorageError):
     """The storage stopped answering mid-sweep and did not come back within the retries."""
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (and on first use, create the tables of) an Optuna storage, or raise StorageError."""
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open (and on first use, create the tables of) an Optuna storage, or raise StorageError.
+    `create=False` (a reader) writes nothing: a database without Optuna's tables is an error."""
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
+                                          skip_table_creation=not create)
+    except StorageInternalError as error:  # e.g. a reader finding no Optuna tables
+        raise StorageError(f"cannot read the Optuna storage {redact_url(url)}: "
+                           f"{database_reason(error.__cause__ or error)}") from None
     except (ImportError, NoSuchModuleError) as error:
         raise StorageError(f"{redact_url(url)}: no database driver for this URL ({error}); "
                            "for PostgreSQL: pip install 'rtlab[cluster]'") from None
@@ -151,8 +156,9 @@ def storage_url_if_created(experiment: str, url: str | None = None) -> str | Non
 
 
 def waiting_hashes(url: str, name: str) -> set[str]:
-    """Config hashes WAITING in a study's queue (raises KeyError when there is no such study)."""
-    return RunQueue.open(url, name).hashes(TrialState.WAITING)
+    """Config hashes WAITING in a study's queue (raises KeyError when there is no such study).
+    Writes nothing to the storage."""
+    return RunQueue.open(url, name, create=False).hashes(TrialState.WAITING)
 
 
 def queued_hash(trial: FrozenTrial) -> str | None:
@@ -236,9 +242,10 @@ class RunQueue:
         return cls(url, storage, study)
 
     @classmethod
-    def open(cls, url: str, name: str) -> RunQueue:
-        """The queue of an existing study (KeyError when there is none)."""
-        storage = open_storage(url)
+    def open(cls, url: str, name: str, create: bool = True) -> RunQueue:
+        """The queue of an existing study (KeyError when there is none); `create=False` opens
+        the storage as a reader (see open_storage)."""
+        storage = open_storage(url, create)
         return cls(url, storage, optuna.load_study(study_name=name, storage=storage))
 
     @property

@@ -88,19 +88,25 @@ def slot_seed(seed: int, slot: int) -> int:
 
 def counts_towards_budget(trial: FrozenTrial) -> bool:
     """Completed, pruned and failed trials, and those waiting or running; not the trials of dead
-    or stopped workers (they are run again), nor a slot's second trial (never run)."""
-    if trial.state == TrialState.FAIL:
-        attrs = trial.system_attrs
-        return not (attrs.get(STALE_ATTR) or attrs.get(STOPPED_ATTR)
-                    or attrs.get(DUPLICATE_SLOT_ATTR))
-    return True
-
-
-def is_rerun(trial: FrozenTrial) -> bool:
-    """A trial whose worker died or was stopped: enqueued again with its slot and values."""
+    or stopped workers (they are run again), nor a slot's second trial (never run). A trial its
+    worker failed with a reason counts, even if it was also taken for stale meanwhile."""
+    if trial.state != TrialState.FAIL:
+        return True
     attrs = trial.system_attrs
-    return trial.state == TrialState.FAIL and bool(attrs.get(STALE_ATTR)
-                                                   or attrs.get(STOPPED_ATTR))
+    if attrs.get(DUPLICATE_SLOT_ATTR):
+        return False
+    if FAILURE_ATTR in trial.user_attrs:
+        return True
+    return not (attrs.get(STALE_ATTR) or attrs.get(STOPPED_ATTR))
+
+
+def is_rerun(trial: FrozenTrial, stale_only: bool = False) -> bool:
+    """A trial whose worker died (or, unless `stale_only`, was stopped): enqueued again with
+    its slot and values."""
+    if trial.state != TrialState.FAIL or counts_towards_budget(trial):
+        return False
+    attrs = trial.system_attrs
+    return bool(attrs.get(STALE_ATTR) or (not stale_only and attrs.get(STOPPED_ATTR)))
 
 
 def slot_of(trial: FrozenTrial) -> int:
@@ -185,22 +191,21 @@ class SearchStudies:
                 failed.add(trial.number)
         return failed
 
-    def _requeue(self, name: str, only: set[int] | None = None) -> list[int]:
-        """Enqueue again the dead or stopped trials of a study (`only`: just these numbers) whose
-        slot has no trial that counts; the numbers of the trials continued."""
+    def _requeue(self, name: str, stale_only: bool = False) -> list[int]:
+        """Enqueue again the dead (and, unless `stale_only`, stopped) trials of a study that no
+        trial continues yet and whose slot has no trial that counts; their numbers."""
         budget = self.plans[name].search.budget
         trials = self.trials(name)
         taken = {slot_of(t) for t in trials if counts_towards_budget(t)}
         continued = {t.user_attrs.get(RESUME_OF_ATTR) for t in trials}
-        study = self.study(name)
+        study = None  # loaded only when something is enqueued (workers call this while idle)
         requeued = []
         for trial in trials:
-            if not is_rerun(trial):
-                continue
-            if only is not None and trial.number not in only:
+            if not is_rerun(trial, stale_only):
                 continue
             if trial.number in continued or slot_of(trial) in taken or slot_of(trial) >= budget:
                 continue
+            study = study or self.study(name)
             study.enqueue_trial(dict(trial.params), user_attrs={
                 SLOT_ATTR: slot_of(trial), PHASE_ATTR: "tune", RESUME_OF_ATTR: trial.number})
             taken.add(slot_of(trial))
@@ -261,6 +266,7 @@ class SearchStudies:
                 # `top_up` or `recover` may race): the lower-numbered trial is the slot's.
                 self.storage.set_trial_system_attr(trial_id, DUPLICATE_SLOT_ATTR, True)
                 adapter.set_state(self.storage, trial_id, TrialState.FAIL)
+                # (if that trial is a stale one meanwhile, `recover_stale` enqueues it again)
         for key, value in ((HOST_ATTR, host_name()), (PID_ATTR, os.getpid()),
                            (HEARTBEAT_ATTR, time.time()),
                            (HEARTBEAT_PERIOD_ATTR, heartbeat_seconds)):
@@ -298,15 +304,14 @@ class SearchStudies:
     @retried
     def recover_stale(self) -> list[tuple[str, int]]:
         """A live worker's recovery: fail the RUNNING trials whose worker is gone and enqueue
-        them again; the (study, number) of those. Stopped trials wait for the next `rtlab run`
-        (someone stopped them), and a trial another process failed is that process's to enqueue."""
+        every dead trial again that nothing continues yet (also one failed by a process that died
+        or lost its connection before enqueueing it); the (study, number) of those. Stopped
+        trials wait for the next `rtlab run`: someone stopped them. Safe to repeat."""
         again = []
-        for name in self.plans:
-            if not any(is_stale(t) for t in self.trials(name, TrialState.RUNNING)):
-                continue
-            with adapter.claim_lock(self.url):
-                failed = self._fail_stale(name)
-                again += [(name, n) for n in self._requeue(name, only=failed)] if failed else []
+        with adapter.claim_lock(self.url):
+            for name in self.plans:
+                self._fail_stale(name)
+                again += [(name, n) for n in self._requeue(name, stale_only=True)]
         return again
 
     def trial_by_number(self, name: str, number: int) -> FrozenTrial:

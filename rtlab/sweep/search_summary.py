@@ -51,16 +51,21 @@ def confirm_runs(studies: SearchStudies) -> tuple[list[RunConfig], list[str]]:
 
 def stored_studies(experiment: str, plans: list[StudyPlan],
                    storage_url: str | None = None) -> SearchStudies | None:
-    """The studies of a searched experiment in its storage (default: the local one,
-    `.rtlab/<experiment>/optuna.db`); None before `rtlab run` created them. Creates nothing."""
-    from rtlab.sweep.queue import storage_url_if_created
+    """The spec's studies in the experiment's storage (default: the local one,
+    `.rtlab/<experiment>/optuna.db`), read with the spec's plans (its budget); None before
+    `rtlab run` created them. Writes nothing; SearchChanged when the spec's search or config
+    differs from the one the studies were made for (`rtlab run` would refuse it)."""
+    from rtlab.sweep.queue import open_storage, storage_url_if_created
+    from rtlab.sweep.search import check_unchanged
 
     url = storage_url_if_created(experiment, storage_url)
     if url is None:
         return None
+    storage = open_storage(url, create=False)
+    check_unchanged(storage, plans)
     try:
-        return SearchStudies.open(url, [p.study_name for p in plans])
-    except KeyError:  # a store from before the search was added to the spec
+        return SearchStudies(url, storage, plans)
+    except KeyError:  # no study yet for an arm (the search was added to the spec later)
         return None
 
 
@@ -75,7 +80,8 @@ def search_summary(studies: SearchStudies) -> dict[str, Any]:
 
 def _study(studies: SearchStudies, name: str, plan: StudyPlan) -> dict[str, Any]:
     trials = studies.trials(name)
-    counted = [t for t in trials if counts_towards_budget(t) and slot_of(t) < plan.search.budget]
+    counted = [t for t in trials
+               if counts_towards_budget(t) and 0 <= slot_of(t) < plan.search.budget]
     best = studies.best(name)
     return {
         "study": name,

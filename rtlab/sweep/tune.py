@@ -12,6 +12,7 @@ learns it, at its next heartbeat or report, and tells nothing: the trial is its 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -204,10 +205,10 @@ class TuneTrial:
             self.ownership.lost.set()
             told = True
         except RunFailedUnderTorchrun as error:  # a failed trial, not a stopped one to rerun
-            if not self.ownership.lost.is_set():
+            told = True
+            with contextlib.suppress(UpdateFinishedTrialError):  # (unless lost meanwhile)
                 trial.set_user_attr(FAILURE_ATTR, str(error))
                 trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            told = True
             raise
         finally:
             heartbeat.stop()

@@ -249,6 +249,27 @@ def test_a_live_workers_recovery_enqueues_dead_trials_not_stopped_ones(store_wor
     assert studies.recover() == [(plan.study_name, stopped.number)]  # the next `rtlab run`
 
 
+def test_recovery_enqueues_a_dead_trial_failed_by_a_process_that_did_not_enqueue_it(
+        store_workdir):
+    """A process that failed a stale trial and died (or lost its connection) before enqueueing
+    it again leaves it to the next recovery; a trial its own worker failed with a reason counts
+    even if it was taken for stale meanwhile."""
+    prepared = prepare_experiment(write_search_spec(store_workdir, trials=2))
+    plan = prepared.studies[0]
+    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
+    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
+    studies = SearchStudies.create(url, prepared.studies)
+    studies.top_up()
+    orphaned, failed = studies.claim(), studies.claim()
+    for claimed in (orphaned, failed):
+        studies.storage.set_trial_system_attr(claimed.trial_id, STALE_ATTR, True)
+    studies.storage.set_trial_user_attr(failed.trial_id, FAILURE_ATTR, "diverged: loss is nan")
+    for claimed in (orphaned, failed):
+        studies.storage.set_trial_state_values(claimed.trial_id, TrialState.FAIL)
+    assert studies.recover_stale() == [(plan.study_name, orphaned.number)]
+    assert counts_towards_budget(studies.trial_by_number(plan.study_name, failed.number))
+
+
 def test_a_slot_enqueued_twice_at_once_is_claimed_once(store_workdir):
     """PostgreSQL has no claim lock: two processes topping up (or recovering) at once may both
     enqueue a slot. The later trial is failed at its claim and never counts."""
@@ -266,6 +287,10 @@ def test_a_slot_enqueued_twice_at_once_is_claimed_once(store_workdir):
     assert (twice.number, twice.state, slot_of(twice)) == (2, TrialState.FAIL, 0)
     assert twice.system_attrs[DUPLICATE_SLOT_ATTR] is True
     assert studies.recover() == []  # not a dead trial to run again
+    # Had the slot's own trial died meanwhile, its slot would hold no counted trial: it is
+    # enqueued again (the duplicate does not stand in for it).
+    studies.storage.set_trial_system_attr(claims[0].trial_id, PID_ATTR, 2**22 + 12345)
+    assert studies.recover_stale() == [(plan.study_name, claims[0].number)]
 
 
 def _status_row(output: str, study: str) -> list[str]:
@@ -322,6 +347,11 @@ def test_status_reads_the_studies_from_the_storage_it_is_given(store_workdir, tm
     absent = f"sqlite:///{tmp_path / 'absent.db'}"
     assert "not started" in cli.invoke(app, ["status", str(spec), "--storage", absent]).output
     assert not (tmp_path / "absent.db").exists()  # status creates nothing
+    (tmp_path / "empty.db").touch()  # a database without Optuna's tables: an error, not written
+    empty_url = f"sqlite:///{tmp_path / 'empty.db'}"
+    empty = cli.invoke(app, ["status", str(spec), "--storage", empty_url])
+    assert empty.exit_code == 2 and "cannot read the Optuna storage" in empty.output
+    assert (tmp_path / "empty.db").stat().st_size == 0
 
 
 @pytest.mark.slow

@@ -216,6 +216,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def fail_trials(storage: optuna.storages.BaseStorage, study_id: int, trials: list[FrozenTrial],
+                reason_attr: str) -> list[FrozenTrial]:
+    """FAIL these trials, marked with `reason_attr`; the ones this process failed (not finished
+    by another first). Shared by the run queue and the search studies."""
+    failed = []
+    for trial in trials:
+        trial_id = adapter.trial_id(storage, study_id, trial)
+        try:
+            storage.set_trial_system_attr(trial_id, reason_attr, True)
+        except UpdateFinishedTrialError:
+            continue  # another process finished it first
+        if adapter.set_state(storage, trial_id, TrialState.FAIL):
+            failed.append(trial)
+    return failed
+
+
+def beat_trial(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Write a claimed trial's heartbeat; False when it has finished meanwhile: another worker
+    took this one's heartbeat for stale (starved under load, not dead) and failed it."""
+    try:
+        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+    except UpdateFinishedTrialError:
+        return False
+    return True
+
+
+def still_running(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Whether a claimed trial is still RUNNING, i.e. still its worker's (see beat_trial)."""
+    return storage.get_trial(trial_id).state == TrialState.RUNNING
+
+
+def claimed_by_others(running: list[FrozenTrial]) -> int:
+    """How many of these RUNNING trials another process claimed (one this process claimed but
+    lost track of, in a retried claim, must not keep it waiting for itself)."""
+    me = (host_name(), os.getpid())
+    return sum((t.system_attrs.get(HOST_ATTR), t.system_attrs.get(PID_ATTR)) != me
+               for t in running)
+
+
 class RunQueue:
     """One experiment's queue: its study, on a storage this object opened and keeps."""
 
@@ -285,13 +324,9 @@ class RunQueue:
 
     @retried
     def running_count(self) -> int:
-        """RUNNING trials of other processes (one this process claimed but lost track of, in a
-        retried pop, must not keep it waiting for itself)."""
-        running = self.storage.get_all_trials(self.study_id, deepcopy=False,
-                                              states=(TrialState.RUNNING,))
-        me = (host_name(), os.getpid())
-        return sum((t.system_attrs.get(HOST_ATTR), t.system_attrs.get(PID_ATTR)) != me
-                   for t in running)
+        """RUNNING trials of other processes (see claimed_by_others)."""
+        return claimed_by_others(self.storage.get_all_trials(
+            self.study_id, deepcopy=False, states=(TrialState.RUNNING,)))
 
     def _fail_stale_trials(self) -> list[FrozenTrial]:
         with adapter.claim_lock(self.url):  # SQLite: only one process moves a trial to FAIL
@@ -308,17 +343,7 @@ class RunQueue:
             return [queued_hash(t) or "" for t in dropped]
 
     def _fail(self, trials: list[FrozenTrial], reason_attr: str) -> list[FrozenTrial]:
-        """FAIL these trials; the ones this process failed (not finished by another first)."""
-        failed = []
-        for trial in trials:
-            trial_id = adapter.trial_id(self.storage, self.study_id, trial)
-            try:
-                self.storage.set_trial_system_attr(trial_id, reason_attr, True)
-            except UpdateFinishedTrialError:
-                continue  # another process finished it first
-            if adapter.set_state(self.storage, trial_id, TrialState.FAIL):
-                failed.append(trial)
-        return failed
+        return fail_trials(self.storage, self.study_id, trials, reason_attr)
 
     # ---- workers
     @retried
@@ -343,18 +368,13 @@ class RunQueue:
 
     @retried
     def heartbeat(self, entry: QueuedRun) -> bool:
-        """Beat for this run's trial; False when it is no longer this worker's (see `holds`)."""
-        try:
-            self.storage.set_trial_system_attr(entry.trial_id, HEARTBEAT_ATTR, time.time())
-        except UpdateFinishedTrialError:
-            return False
-        return True
+        """Beat for this run's trial; False when it is no longer this worker's (beat_trial)."""
+        return beat_trial(self.storage, entry.trial_id)
 
     @retried
     def holds(self, entry: QueuedRun) -> bool:
-        """Whether this worker still holds the run: another worker that took its heartbeat for
-        stale (starved under load, not dead) has failed the trial and queued the run again."""
-        return self.storage.get_trial(entry.trial_id).state == TrialState.RUNNING
+        """Whether this worker still holds the run (not failed and queued again by another)."""
+        return still_running(self.storage, entry.trial_id)
 
     @retried
     def set_mlflow_run(self, entry: QueuedRun, run_id: str) -> None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from rtlab.config import StudyPlan
@@ -42,10 +41,14 @@ from rtlab.sweep.queue import (
     HOST_ATTR,
     PID_ATTR,
     STALE_ATTR,
+    beat_trial,
+    claimed_by_others,
+    fail_trials,
     host_name,
     is_stale,
     open_storage,
     retried,
+    still_running,
 )
 
 # Study user attrs
@@ -175,21 +178,10 @@ class SearchStudies:
                 again += [(name, n) for n in self._requeue(name)]
         return again
 
-    def _fail_stale(self, name: str) -> set[int]:
-        """FAIL the stale RUNNING trials of a study; the numbers of those this process failed
-        (another process, or their worker, may finish one first)."""
-        failed = set()
-        for trial in self.trials(name, TrialState.RUNNING):
-            if not is_stale(trial):
-                continue
-            trial_id = adapter.trial_id(self.storage, self.ids[name], trial)
-            try:
-                self.storage.set_trial_system_attr(trial_id, STALE_ATTR, True)
-            except UpdateFinishedTrialError:
-                continue
-            if adapter.set_state(self.storage, trial_id, TrialState.FAIL):
-                failed.add(trial.number)
-        return failed
+    def _fail_stale(self, name: str) -> None:
+        """FAIL the stale RUNNING trials of a study (another process may finish one first)."""
+        stale = [t for t in self.trials(name, TrialState.RUNNING) if is_stale(t)]
+        fail_trials(self.storage, self.ids[name], stale, STALE_ATTR)
 
     def _requeue(self, name: str, stale_only: bool = False) -> list[int]:
         """Enqueue again the dead (and, unless `stale_only`, stopped) trials of a study that no
@@ -281,25 +273,20 @@ class SearchStudies:
 
     @retried
     def heartbeat(self, claimed: ClaimedTrial) -> bool:
-        """Beat for this trial; False when it is no longer this worker's (see `holds`)."""
-        try:
-            self.storage.set_trial_system_attr(claimed.trial_id, HEARTBEAT_ATTR, time.time())
-        except UpdateFinishedTrialError:
-            return False
-        return True
+        """Beat for this trial; False when it is no longer this worker's (beat_trial)."""
+        return beat_trial(self.storage, claimed.trial_id)
 
     @retried
     def holds(self, claimed: ClaimedTrial) -> bool:
-        """Whether this worker still holds the trial: another worker (or a restarted `rtlab
-        run`) that took its heartbeat for stale has failed it and enqueued it again."""
-        return self.storage.get_trial(claimed.trial_id).state == TrialState.RUNNING
+        """Whether this worker still holds the trial (not failed and enqueued again by another
+        worker or a restarted `rtlab run`)."""
+        return still_running(self.storage, claimed.trial_id)
 
     @retried
     def running_count(self) -> int:
-        """RUNNING trials of other processes, over all the studies."""
-        me = (host_name(), os.getpid())
-        return sum((t.system_attrs.get(HOST_ATTR), t.system_attrs.get(PID_ATTR)) != me
-                   for name in self.plans for t in self.trials(name, TrialState.RUNNING))
+        """RUNNING trials of other processes, over all the studies (see claimed_by_others)."""
+        return claimed_by_others([t for name in self.plans
+                                  for t in self.trials(name, TrialState.RUNNING)])
 
     @retried
     def recover_stale(self) -> list[tuple[str, int]]:

@@ -5,7 +5,9 @@ ends with one clear line, the password redacted, and every run it finished stays
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -35,6 +37,24 @@ def children(tracking: str) -> list:
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("tiny")
     return client.search_runs([experiment.experiment_id], "tags.`rtlab.role` = 'child'")
+
+
+def lose_under_a_worker(worker: subprocess.Popen, storage: str, tracking: str,
+                        stop: Callable[[], None], restart: Callable[[], None]
+                        ) -> tuple[str, set[str]]:
+    """Once the worker finished a run, stop a server for good; the worker's output, and the runs
+    it had finished before. The server is restarted afterwards whatever happened."""
+    try:
+        wait_for_trials(storage, TrialState.COMPLETE, 1)
+        finished_before = {k.info.run_id for k in children(tracking)
+                           if k.info.status == "FINISHED"}
+        stop()
+        output, _ = worker.communicate(timeout=300)
+    finally:
+        worker.kill()
+        worker.wait()
+        restart()
+    return output, finished_before
 
 
 def test_postgres_and_the_mlflow_server_restarting_mid_sweep_lose_nothing(
@@ -81,17 +101,13 @@ def test_postgres_gone_for_good_ends_the_worker_clearly_and_keeps_finished_runs(
     rtlab(["run", str(spec), "--workers", "0", "--quiet", "--storage", postgres_url,
            "--tracking-uri", tracking], tmp_path / "submit")
     worker = start_worker(tmp_path / "host0", postgres_url, tracking)
-    try:
-        wait_for_trials(postgres_url, TrialState.COMPLETE, 1)
-        finished_before = {k.info.run_id for k in children(tracking)
-                           if k.info.status == "FINISHED"}
-        postgres.stop()
-        output, _ = worker.communicate(timeout=300)
-    finally:
-        worker.kill()
-        worker.wait()
+
+    def restart() -> None:
         if not (postgres.data / "postmaster.pid").exists():
             postgres.start()  # the session's other tests need it back
+
+    output, finished_before = lose_under_a_worker(worker, postgres_url, tracking, postgres.stop,
+                                                  restart)
     assert worker.returncode == 1, output
     last = [line for line in output.splitlines() if line.strip()][-1]
     assert last.startswith("lost the Optuna storage postgresql+psycopg://rtlab:***@127.0.0.1")
@@ -110,16 +126,9 @@ def test_the_mlflow_server_gone_for_good_ends_the_worker_clearly_and_keeps_finis
     quick_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     worker = start_worker(tmp_path / "host0", postgres_url, mlflow_server.url, quick_retries)
-    try:
-        wait_for_trials(postgres_url, TrialState.COMPLETE, 1)
-        finished_before = {k.info.run_id for k in children(mlflow_server.url)
-                           if k.info.status == "FINISHED"}
-        mlflow_server.stop()
-        output, _ = worker.communicate(timeout=300)
-    finally:
-        worker.kill()
-        worker.wait()
-        mlflow_server.start()  # to read what it kept
+    output, finished_before = lose_under_a_worker(
+        worker, postgres_url, mlflow_server.url, mlflow_server.stop,
+        mlflow_server.start)  # (started again to read what it kept)
     assert worker.returncode == 1, output
     last = [line for line in output.splitlines() if line.strip()][-1]
     assert last.startswith(f"lost the MLflow tracking server {mlflow_server.url}"), output

@@ -49,6 +49,14 @@ def studies_of(workdir: Path, name: str, plans: list[StudyPlan]) -> SearchStudie
     return SearchStudies.open(url, [plan.study_name for plan in plans])
 
 
+def new_studies(workdir: Path, trials: int) -> tuple[StudyPlan, SearchStudies]:
+    """A one-arm search's study, created as `rtlab run` creates it, before any top-up."""
+    prepared = prepare_experiment(write_search_spec(workdir, trials=trials))
+    url = default_storage_url(experiment_state_dir("tiny_search", workdir / ".rtlab"))
+    (workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
+    return prepared.studies[0], SearchStudies.create(url, prepared.studies)
+
+
 def runs_by_phase(workdir: Path, name: str) -> dict[str, list]:
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(name)
@@ -134,11 +142,7 @@ def test_a_changed_search_is_refused_and_force_starts_afresh(store_workdir):
 
 
 def test_dead_and_stopped_trials_are_enqueued_again_with_their_values(store_workdir):
-    prepared = prepare_experiment(write_search_spec(store_workdir, trials=3))
-    plan = prepared.studies[0]
-    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
-    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
-    studies = SearchStudies.create(url, prepared.studies)
+    plan, studies = new_studies(store_workdir, trials=3)
     assert studies.top_up() == 3
     first = studies.claim()
     assert first is not None and first.slot == 0
@@ -233,11 +237,7 @@ def test_a_live_worker_reruns_a_dead_workers_tuning_trial_without_a_new_rtlab_ru
 
 
 def test_a_live_workers_recovery_enqueues_dead_trials_not_stopped_ones(store_workdir):
-    prepared = prepare_experiment(write_search_spec(store_workdir, trials=3))
-    plan = prepared.studies[0]
-    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
-    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
-    studies = SearchStudies.create(url, prepared.studies)
+    plan, studies = new_studies(store_workdir, trials=3)
     studies.top_up()
     dead, stopped = studies.claim(), studies.claim()
     studies.storage.set_trial_system_attr(dead.trial_id, PID_ATTR, 2**22 + 12345)
@@ -254,11 +254,7 @@ def test_recovery_enqueues_a_dead_trial_failed_by_a_process_that_did_not_enqueue
     """A process that failed a stale trial and died (or lost its connection) before enqueueing
     it again leaves it to the next recovery; a trial its own worker failed with a reason counts
     even if it was taken for stale meanwhile."""
-    prepared = prepare_experiment(write_search_spec(store_workdir, trials=2))
-    plan = prepared.studies[0]
-    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
-    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
-    studies = SearchStudies.create(url, prepared.studies)
+    plan, studies = new_studies(store_workdir, trials=2)
     studies.top_up()
     orphaned, failed = studies.claim(), studies.claim()
     for claimed in (orphaned, failed):
@@ -273,11 +269,7 @@ def test_recovery_enqueues_a_dead_trial_failed_by_a_process_that_did_not_enqueue
 def test_a_slot_enqueued_twice_at_once_is_claimed_once(store_workdir):
     """PostgreSQL has no claim lock: two processes topping up (or recovering) at once may both
     enqueue a slot. The later trial is failed at its claim and never counts."""
-    prepared = prepare_experiment(write_search_spec(store_workdir, trials=2))
-    plan = prepared.studies[0]
-    url = default_storage_url(experiment_state_dir("tiny_search", store_workdir / ".rtlab"))
-    (store_workdir / ".rtlab" / "tiny_search").mkdir(parents=True)
-    studies = SearchStudies.create(url, prepared.studies)
+    plan, studies = new_studies(store_workdir, trials=2)
     assert studies.top_up() == 2
     racing_top_up = {SLOT_ATTR: 0, PHASE_ATTR: "tune"}  # slot 0 again
     studies.study(plan.study_name).enqueue_trial({}, user_attrs=racing_top_up)
